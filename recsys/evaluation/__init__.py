@@ -1,0 +1,1 @@
+"""Offline evaluation: full-ranking metrics, groups, bootstrap intervals, reports."""

@@ -1,0 +1,1 @@
+"""Polars data pipelines: readers per format, cleaning, k-core, id maps, splits, item text."""

@@ -1,0 +1,1 @@
+"""Serving: torch and vLLM engines, FAISS index, FastAPI app."""

@@ -1,0 +1,1 @@
+"""Item tokenizers: CF embeddings, semantic text embeddings and autoencoder, set-identifier tables, RQ-KMeans ids."""

@@ -1,0 +1,1 @@
+"""Training: LightningModules, DataModules, callbacks and the logger choice."""
