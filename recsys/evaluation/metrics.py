@@ -1,12 +1,28 @@
 """Full-ranking metrics over the whole catalogue, batched (no loop over users).
 
+Two protocols share one definition. Leave-one-out has one gold item per user; the
+temporal protocol has a set of gold items per user. For a user with gold set G and a
+cut-off K, with rank(g) the 1-based rank of gold item g among all items:
+
+- Recall@K = |{g : rank(g) <= K}| / |G|
+- HR@K     = 1 if any rank(g) <= K else 0
+- MRR@K    = 1 / min_g rank(g) when that rank is <= K, else 0
+- NDCG@K   = DCG / IDCG, DCG = sum_{rank(g) <= K} 1 / log2(rank(g) + 1),
+             IDCG = sum_{i=1}^{min(|G|, K)} 1 / log2(i + 1)
+
+With one gold item these reduce to the usual leave-one-out numbers (recall = HR).
+
 Ties are counted against the gold item: an item scoring exactly as much as the gold
-item ranks above it, so a constant scorer earns nothing.
+item ranks above it, so a constant scorer earns nothing. A gold item that a ranked
+list (beam search) does not contain has rank infinity. Users with an empty gold set
+get NaN per-user metrics; :func:`mean_metrics` skips them and counts them.
 
 Example:
     >>> scores = torch.tensor([[0.1, 0.9, 0.3]])
     >>> ranks = gold_ranks(scores, torch.tensor([2]))   # tensor([2])
     >>> loo_metrics(ranks, ks=(1, 2))["ndcg@2"]
+    >>> gold = pad_gold([[2, 0]])
+    >>> per_user_metrics(set_ranks(scores, gold), gold >= 0, ks=(2,))["recall@2"]   # tensor([0.5])
 """
 
 from __future__ import annotations
@@ -16,6 +32,12 @@ import math
 import torch
 
 DEFAULT_KS = (5, 10, 20)
+METRIC_NAMES = ("recall", "ndcg", "hr", "mrr")
+
+
+def metric_keys(ks: tuple[int, ...] = DEFAULT_KS) -> list[str]:
+    """Names of every metric at every cut-off, e.g. ``["recall@5", "ndcg@5", ...]``."""
+    return [f"{name}@{k}" for k in ks for name in METRIC_NAMES]
 
 
 def gold_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
@@ -57,13 +79,140 @@ def exclude_items(scores: torch.Tensor, histories: list[list[int]], keep: torch.
     Args:
         scores: (B, num_items) scores.
         histories: item indices to exclude per row.
-        keep: optional (B,) item per row that must stay scorable (the gold item).
+        keep: optional (B,) item per row that must stay scorable (the gold item), or
+            (B, G) items per row padded with -1 (a gold set).
     """
-    rows = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories]))
+    rows = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor([len(h) for h in histories], dtype=torch.int64))
     cols = torch.tensor([i for h in histories for i in h], dtype=torch.int64)
     if cols.numel():
-        saved = scores.gather(1, keep.view(-1, 1)).clone() if keep is not None else None
+        if keep is not None:
+            keep2d = keep.view(len(histories), -1)
+            valid = keep2d >= 0
+            safe = keep2d.clamp(min=0)
+            saved = scores.gather(1, safe).clone()
         scores[rows, cols] = -math.inf
         if keep is not None:
-            scores.scatter_(1, keep.view(-1, 1), saved)
+            current = scores.gather(1, safe)
+            scores.scatter_(1, safe, torch.where(valid, saved, current))
     return scores
+
+
+def pad_gold(gold: list[list[int]], pad: int = -1) -> torch.Tensor:
+    """Gold sets as a (B, G) int64 tensor, G the largest set, padded with ``pad``.
+
+    Example:
+        >>> pad_gold([[3], [1, 2]])   # tensor([[3, -1], [1, 2]])
+    """
+    width = max((len(g) for g in gold), default=0)
+    out = torch.full((len(gold), max(width, 1)), pad, dtype=torch.int64)
+    for row, items in enumerate(gold):
+        if items:
+            out[row, : len(items)] = torch.as_tensor(items, dtype=torch.int64)
+    return out
+
+
+def set_ranks_reference(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Reference for :func:`set_ranks`: a plain comparison per gold item (slow, clear).
+
+    Returns (B, G) float64 ranks, ``inf`` at padding (-1).
+    """
+    out = torch.full(gold.shape, math.inf, dtype=torch.float64)
+    for row in range(gold.shape[0]):
+        for col in range(gold.shape[1]):
+            item = int(gold[row, col])
+            if item >= 0:
+                out[row, col] = float((scores[row] >= scores[row, item]).sum())
+    return out
+
+
+def set_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """1-based rank of every gold item among all items, batched (ties against the gold item).
+
+    Args:
+        scores: (B, num_items) scores; excluded items set to ``-inf`` beforehand.
+        gold: (B, G) gold items padded with -1 (see :func:`pad_gold`).
+
+    Returns:
+        (B, G) float64 ranks, ``inf`` at padding.
+
+    Example:
+        >>> set_ranks(torch.tensor([[0.1, 0.9, 0.3]]), torch.tensor([[2, 0]]))   # [[2., 3.]]
+    """
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN; a model produced invalid scores")
+    ascending = scores.sort(dim=1).values.contiguous()
+    gold_scores = scores.gather(1, gold.clamp(min=0)).contiguous()
+    # items strictly below the gold score = searchsorted(left); rank = num_items - that
+    below = torch.searchsorted(ascending, gold_scores, side="left")
+    ranks = (scores.shape[1] - below).to(torch.float64)
+    return torch.where(gold >= 0, ranks, torch.full_like(ranks, math.inf))
+
+
+def list_ranks(ranked: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Rank of every gold item inside ranked lists (beam search output); ``inf`` when absent.
+
+    Args:
+        ranked: (B, L) item indices, best first, padded with -1.
+        gold: (B, G) gold items padded with -1.
+
+    Returns:
+        (B, G) float64 ranks (1-based).
+
+    Example:
+        >>> list_ranks(torch.tensor([[4, 2, 7]]), torch.tensor([[7, 9]]))   # [[3., inf]]
+    """
+    match = (ranked.unsqueeze(1) == gold.unsqueeze(2)) & (gold.unsqueeze(2) >= 0)  # (B, G, L)
+    positions = torch.arange(1, ranked.shape[1] + 1, dtype=torch.float64)
+    found = torch.where(match, positions, torch.full_like(positions, math.inf))
+    return found.min(dim=2).values if ranked.shape[1] else torch.full(gold.shape, math.inf, dtype=torch.float64)
+
+
+def per_user_metrics(ranks: torch.Tensor, mask: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, torch.Tensor]:
+    """Recall, NDCG, HR and MRR at each k for every user (row), from gold ranks.
+
+    Args:
+        ranks: (B, G) float ranks of each gold item (``inf`` when not retrieved).
+        mask: (B, G) bool, True where the column is a real gold item.
+        ks: cut-offs.
+
+    Returns:
+        name -> (B,) float64; NaN for rows with no gold item.
+
+    Example:
+        >>> per_user_metrics(torch.tensor([[1.0, 4.0]]), torch.tensor([[True, True]]), ks=(2,))
+    """
+    ranks = torch.where(mask, ranks.to(torch.float64), torch.full_like(ranks, math.inf, dtype=torch.float64))
+    num_gold = mask.sum(dim=1).to(torch.float64)
+    empty = num_gold == 0
+    best = ranks.min(dim=1).values if ranks.shape[1] else torch.full((ranks.shape[0],), math.inf, dtype=torch.float64)
+    nan = torch.full_like(num_gold, math.nan)
+    out: dict[str, torch.Tensor] = {}
+    for k in ks:
+        hit = ranks <= k
+        hits = hit.sum(dim=1).to(torch.float64)
+        dcg = torch.where(hit, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks)).sum(dim=1)
+        ideal_n = torch.clamp(num_gold, max=k).to(torch.int64)
+        discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), discounts.cumsum(0)])
+        idcg = cumulative[ideal_n]
+        out[f"recall@{k}"] = torch.where(empty, nan, hits / num_gold.clamp(min=1))
+        out[f"ndcg@{k}"] = torch.where(empty, nan, dcg / idcg.clamp(min=1e-12))
+        out[f"hr@{k}"] = torch.where(empty, nan, (hits > 0).to(torch.float64))
+        out[f"mrr@{k}"] = torch.where(empty, nan, torch.where(best <= k, 1.0 / best, torch.zeros_like(best)))
+    return out
+
+
+def mean_metrics(per_user: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
+    """Mean of each per-user metric over users with a gold item.
+
+    Returns:
+        (means, skipped): NaN means when every row was empty; ``skipped`` counts the
+        rows with an empty gold set (identical for every metric).
+    """
+    means: dict[str, float] = {}
+    skipped = 0
+    for name, values in per_user.items():
+        valid = ~torch.isnan(values)
+        skipped = int((~valid).sum())
+        means[name] = values[valid].mean().item() if valid.any() else math.nan
+    return means, skipped
