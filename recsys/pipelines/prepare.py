@@ -1,0 +1,298 @@
+"""``recsys data prepare``: turn a source into a prepared dataset (ARCHITECTURE.md section 2).
+
+Command:
+    recsys data prepare --source ml-100k --out data/ml-100k --kcore 0 --split loo
+
+Steps: read (lazy scans; one collect per table after typing and row checks), drop or
+raise on bad rows, filter ratings, handle repeats, iterative k-core on integer codes,
+order each user's events by time with the source line as the stable tie-break,
+contiguous ids (natural order of the source ids), splits, warm/cold labels, item text.
+The output is written to a temporary directory beside ``--out`` and renamed into place,
+so an interrupted run never leaves a half-written dataset.
+
+Example:
+    >>> manifest = prepare(PrepareConfig(source="ml-100k", out="/tmp/ml", kcore=0))
+    >>> manifest["counts"]["users"], manifest["counts"]["items"]
+    (943, 1682)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys.errors import ConfigError, DataFormatError
+from recsys.pipelines.issues import RowLog
+from recsys.pipelines.readers import FORMATS, read_source
+from recsys.pipelines.source import SourceTables
+from recsys.pipelines.steps import (
+    SPLIT_DTYPE,
+    SPLITS,
+    code_ids,
+    drop_repeats,
+    filter_min_rating,
+    kcore_mask,
+    loo_splits,
+    natural_order,
+    temporal_splits,
+)
+from recsys.pipelines.tables import LINE
+from recsys.pipelines.validate import check_interactions, check_items, check_known_items, require_any_rows
+
+SCHEMA_VERSION = 1
+EMBEDDED = ("ml-100k",)
+OUTPUT_TABLES = ("interactions.parquet", "items.parquet", "users.parquet")
+
+
+@dataclass
+class PrepareConfig:
+    """Parameters of ``recsys data prepare``."""
+
+    source: str
+    """A path (directory or file) or the name of an embedded dataset ("ml-100k")."""
+    out: str
+    """The output directory; replaced atomically when it holds a previous prepared dataset."""
+    format: str = "auto"
+    """Source format (see recsys.pipelines.readers.READERS), or "auto" to detect it."""
+    kcore: int = 5
+    """Iterative k-core: keep users and items with at least this many events (0 or 1: no filter)."""
+    split: str = "loo"
+    """"loo" (per user: last event test, second last valid) or "temporal" (global time cuts).
+    A source with a split column keeps its own split."""
+    min_rating: float | None = None
+    """Drop events rated below this (None keeps all); needs a rating column."""
+    on_bad_rows: str = "error"
+    """"error": stop at the first bad row, naming file, line and column; "drop": drop and count."""
+    repeats: str = "keep"
+    """Repeated (user, item) pairs at different times: "keep" all, or keep the "first" only."""
+    valid_fraction: float = 0.1
+    """Temporal split: share of the latest events (before the test ones) that is valid."""
+    test_fraction: float = 0.1
+    """Temporal split: share of the latest events that is test."""
+    max_text_chars: int = 2000
+    """Item texts longer than this are cut."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resolve_source(config: PrepareConfig) -> tuple[Path, str]:
+    if config.source in EMBEDDED:
+        from recsys.pipelines.embedded import ensure_ml100k
+
+        return ensure_ml100k(), "recbole" if config.format == "auto" else config.format
+    return Path(config.source).expanduser(), config.format
+
+
+def _check_config(config: PrepareConfig) -> None:
+    if config.format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {config.format!r}")
+    if config.split not in ("loo", "temporal"):
+        raise ConfigError(f"split must be 'loo' or 'temporal', got {config.split!r}")
+    if config.kcore < 0:
+        raise ConfigError(f"kcore must be >= 0, got {config.kcore}")
+    if config.max_text_chars < 1:
+        raise ConfigError(f"max_text_chars must be >= 1, got {config.max_text_chars}")
+
+
+def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
+    """Run every step on a read source; return (interactions, items, users, facts for the manifest)."""
+    events = check_interactions(tables, log)
+    rows_read = events.height + sum(log.dropped.values())
+    items, dropped_item_ids = check_items(tables, log, max_text_chars=config.max_text_chars)
+    items_read = None if items is None else items.height + sum(log.items_dropped.values())
+    events = check_known_items(events, items, tables, log, dropped_item_ids)
+    require_any_rows(events, tables.interactions_file, "interaction")
+    events = filter_min_rating(events, config.min_rating, log)
+    events = drop_repeats(events, config.repeats, log)
+
+    # Integer codes in the natural order of the source ids; catalogue items take part.
+    seen_items = events["item_id"]
+    all_items = seen_items if items is None else pl.concat([seen_items, items["item_id"]])
+    user_keys = natural_order(events["user_id"])
+    item_keys = natural_order(all_items)
+    events = code_ids(events, "user_id", user_keys, "_u")
+    events = code_ids(events, "item_id", item_keys, "_i")
+    users_code = events["_u"].to_numpy()
+    items_code = events["_i"].to_numpy()
+
+    keep = kcore_mask(users_code, items_code, config.kcore)
+    log.count("kcore", int((~keep).sum()))
+    events = events.filter(pl.Series(keep))
+    require_any_rows(events, tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
+
+    # Kept items: those with a kept event, plus catalogue items that never had an event.
+    item_has_event = np.zeros(len(item_keys), dtype=bool)
+    item_has_event[events["_i"].to_numpy()] = True
+    catalogue_only = np.zeros(len(item_keys), dtype=bool)
+    if items is not None:
+        in_catalogue = np.zeros(len(item_keys), dtype=bool)
+        in_catalogue[code_ids(items.select("item_id"), "item_id", item_keys, "_i")["_i"].to_numpy()] = True
+        ever_seen = np.zeros(len(item_keys), dtype=bool)
+        ever_seen[code_ids(pl.DataFrame({"item_id": seen_items}), "item_id", item_keys, "_i")["_i"].to_numpy()] = True
+        catalogue_only = in_catalogue & ~ever_seen
+        log.count("filtered_out_with_their_events", int((in_catalogue & ever_seen & ~item_has_event).sum()), items=True)
+    item_kept = item_has_event | catalogue_only
+    item_new = np.cumsum(item_kept) - 1
+    user_kept = np.zeros(len(user_keys), dtype=bool)
+    user_kept[events["_u"].to_numpy()] = True
+    user_new = np.cumsum(user_kept) - 1
+
+    events = events.with_columns(
+        pl.Series("user_idx", user_new[events["_u"].to_numpy()], dtype=pl.Int32),
+        pl.Series("item_idx", item_new[events["_i"].to_numpy()], dtype=pl.Int32),
+    ).sort(["user_idx", "ts", LINE])
+
+    facts: dict = {"rows_read": rows_read, "items_read": items_read, "catalogue_only_items": int(catalogue_only.sum())}
+    if "split" in events.columns:
+        split_codes = events["split"]
+        facts["split"] = "source"
+    elif config.split == "loo":
+        codes, short = loo_splits(events["user_idx"].to_numpy())
+        split_codes = pl.Series(np.asarray(SPLITS)[codes])
+        facts["split"] = "loo"
+        facts["loo_users_without_valid_test"] = short
+    else:
+        if tables.ts_kind != "time":
+            raise ConfigError(
+                f"{tables.interactions_file} orders events by position, without wall-clock time: "
+                "a temporal split needs timestamps. Use --split loo."
+            )
+        codes, cuts = temporal_splits(events["ts"].to_numpy(), config.valid_fraction, config.test_fraction)
+        split_codes = pl.Series(np.asarray(SPLITS)[codes])
+        facts["split"] = "temporal"
+        facts["temporal_cuts"] = cuts
+    interactions = events.select(
+        "user_idx", "item_idx", pl.col("ts").cast(pl.Int64), split_codes.cast(pl.String).cast(SPLIT_DTYPE).alias("split")
+    )
+
+    kept_keys = item_keys.filter(pl.Series(item_kept))
+    item_table = pl.DataFrame({"item_idx": pl.Series(np.arange(len(kept_keys)), dtype=pl.Int32), "item_id": kept_keys})
+    if items is not None:
+        fields = [c for c in items.columns if c not in ("item_id", "text", LINE)]
+        item_table = item_table.join(items.select("item_id", "text", *fields), on="item_id", how="left", maintain_order="left")
+    else:
+        item_table = item_table.with_columns(pl.lit("").alias("text"))
+    train_items = interactions.filter(pl.col("split") == "train")["item_idx"].unique().implode()
+    item_table = item_table.with_columns(
+        pl.col("text").fill_null(""), (~pl.col("item_idx").is_in(train_items)).alias("is_cold")
+    )
+    users = pl.DataFrame(
+        {"user_idx": pl.Series(np.arange(int(user_kept.sum())), dtype=pl.Int32), "user_id": user_keys.filter(pl.Series(user_kept))}
+    )
+    return interactions, item_table, users, facts
+
+
+def _counts(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, log: RowLog, facts: dict) -> dict:
+    per_split = {}
+    for split in SPLITS:
+        part = interactions.filter(pl.col("split") == split)
+        per_split[split] = {"interactions": part.height, "users": part["user_idx"].n_unique(), "items": part["item_idx"].n_unique()}
+    counts = {
+        "rows_read": facts["rows_read"],
+        "rows_dropped": dict(sorted(log.dropped.items())),
+        "rows_kept": interactions.height,
+        "items_read": facts["items_read"],
+        "items_dropped": dict(sorted(log.items_dropped.items())),
+        "users": users.height,
+        "items": items.height,
+        "interactions": interactions.height,
+        "cold_items": int(items["is_cold"].sum()),
+        "catalogue_only_items": facts["catalogue_only_items"],
+        "splits": per_split,
+    }
+    if "loo_users_without_valid_test" in facts:
+        counts["loo_users_without_valid_test"] = facts["loo_users_without_valid_test"]
+    return counts
+
+
+def _write_atomic(out: Path, tables: dict[str, pl.DataFrame], manifest: dict) -> None:
+    """Write the tables and manifest into a temporary sibling of ``out``, then swap it in."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
+        raise ConfigError(
+            f"--out {out} exists and is not a prepared dataset; choose another directory or remove it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        digest = hashlib.sha256()
+        for name in OUTPUT_TABLES:
+            tables[name].write_parquet(work / name, statistics=True)
+            digest.update(name.encode())
+            digest.update((work / name).read_bytes())
+        manifest["fingerprint"] = digest.hexdigest()[:16]
+        manifest["files"] = {name: _sha256(work / name) for name in OUTPUT_TABLES}
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(work, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(work, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Prepare ``config.source`` into ``config.out``; return the manifest written.
+
+    Args:
+        config: see :class:`PrepareConfig`.
+
+    Raises:
+        DataFormatError: a bad row under policy "error", or a source that cannot be read.
+        ConfigError: inconsistent options.
+
+    Example:
+        >>> prepare(PrepareConfig(source="../shared/data/amazon-industrial", out="/tmp/ai", kcore=0))
+    """
+    _check_config(config)
+    started = time.perf_counter()
+    path, fmt = _resolve_source(config)
+    log = RowLog(config.on_bad_rows)
+    tables = read_source(path, fmt, log)
+    interactions, items, users, facts = build_tables(tables, config, log)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": "",
+        "source": {
+            "name": config.source,
+            "path": str(path.resolve()),
+            "format": tables.format,
+            "ts_kind": tables.ts_kind,
+            "files": [{"path": str(f.resolve()), "sha256": _sha256(f), "bytes": f.stat().st_size} for f in tables.files],
+            **({"notes": tables.notes} if tables.notes else {}),
+        },
+        "parameters": {**asdict(config), "split_used": facts["split"], **({"temporal_cuts": facts["temporal_cuts"]} if "temporal_cuts" in facts else {})},
+        "counts": _counts(interactions, items, users, log, facts),
+        "seconds": None,
+    }
+    manifest["parameters"]["out"] = str(Path(config.out).expanduser().resolve())
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
+    out = Path(config.out).expanduser()
+    _write_atomic(out, {"interactions.parquet": interactions, "items.parquet": items, "users.parquet": users}, manifest)
+    return manifest
+
+
+def check_output(out: str | Path) -> None:
+    """Raise when ``out`` lacks a file of the contract (used by tests and ``recsys data stats``)."""
+    out = Path(out)
+    for name in (*OUTPUT_TABLES, "manifest.json"):
+        if not (out / name).is_file():
+            raise DataFormatError(f"missing {name}; run `recsys data prepare` again", path=out)

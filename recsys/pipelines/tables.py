@@ -1,0 +1,187 @@
+"""Low-level table scanning shared by every reader: text columns plus a ``_line`` column.
+
+Every scanned table keeps each row's 1-based line number in the source file (``_line``) so
+later checks can name the exact line of a bad row. Columns are read as text (``String``)
+and typed later by :mod:`recsys.pipelines.validate`, which is where wrong types become bad
+rows instead of a failed read.
+
+Invalid UTF-8 in delimited files is read lossily (the bad bytes become U+FFFD) and flagged
+per row by the validator; JSON lines are parsed by Polars, and only when that fails are the
+lines checked one by one in Python to find and locate (or drop) the broken ones.
+
+Example:
+    >>> frame = scan_delimited("u.data", separator="\\t", names=["user_id", "item_id", "rating", "ts"])
+    >>> frame.collect_schema().names()
+    ['user_id', 'item_id', 'rating', 'ts', '_line']
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Iterable
+
+import polars as pl
+
+from recsys.errors import DataFormatError
+from recsys.pipelines.issues import RowLog
+
+LINE = "_line"
+#: Replacement character Polars writes for invalid UTF-8 bytes in lossy mode.
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def check_readable(path: Path) -> None:
+    """Raise a located error when ``path`` is missing or empty."""
+    if not path.is_file():
+        raise DataFormatError("file not found; check --source", path=path)
+    if path.stat().st_size == 0:
+        raise DataFormatError("the file is empty; expected a header and data rows", path=path, line=1)
+
+
+def scan_delimited(
+    path: str | Path,
+    *,
+    separator: str = ",",
+    names: list[str] | None = None,
+    quote_char: str | None = '"',
+) -> pl.LazyFrame:
+    """Scan a CSV/TSV file lazily with every column as text and a 1-based ``_line`` column.
+
+    Args:
+        path: the file.
+        separator: one byte.
+        names: column names for a file without header; None reads the header line.
+        quote_char: quoting character, None for files that never quote (RecBole, GroupLens).
+
+    Example:
+        >>> scan_delimited("interactions.csv").collect()
+    """
+    path = Path(path)
+    check_readable(path)
+    has_header = names is None
+    frame = pl.scan_csv(
+        path,
+        separator=separator,
+        has_header=has_header,
+        new_columns=names,
+        infer_schema=False,
+        quote_char=quote_char,
+        encoding="utf8-lossy",
+        truncate_ragged_lines=True,
+        row_index_name=LINE,
+        row_index_offset=2 if has_header else 1,
+    )
+    columns = frame.collect_schema().names()
+    if names is not None and len(columns) - 1 < len(names):
+        raise DataFormatError(
+            f"expected {len(names)} columns ({', '.join(names)}) separated by {separator!r}, "
+            f"found {len(columns) - 1}",
+            path=path,
+            line=1,
+        )
+    return frame.select([pl.col(LINE).cast(pl.Int64), *[pl.col(c) for c in columns if c != LINE]])
+
+
+def scan_parquet(path: str | Path) -> pl.LazyFrame:
+    """Scan a Parquet file lazily; ``_line`` is the 1-based row number."""
+    path = Path(path)
+    check_readable(path)
+    frame = pl.scan_parquet(path, row_index_name=LINE, row_index_offset=1)
+    return frame.with_columns(pl.col(LINE).cast(pl.Int64))
+
+
+def require_columns(frame: pl.LazyFrame, path: Path, required: Iterable[str], *, hint: str = "") -> None:
+    """Raise a located error naming the first required column ``frame`` lacks."""
+    present = set(frame.collect_schema().names())
+    for column in required:
+        if column not in present:
+            found = ", ".join(sorted(c for c in present if c != LINE)) or "none"
+            raise DataFormatError(
+                f"required column is missing (columns found: {found}). {hint}".rstrip(),
+                path=path,
+                line=1,
+                column=column,
+            )
+
+
+def read_jsonl(path: str | Path, fields: list[str], log: RowLog, *, items: bool = False) -> pl.LazyFrame:
+    """Read JSON lines into text columns ``fields`` (absent keys are null) plus ``_line``.
+
+    Values that are not strings (numbers, lists) are kept as their JSON text; lists are
+    flattened later by the item-text step. Broken lines (invalid UTF-8, truncated or invalid
+    JSON, not an object) raise a located error under policy "error" and are dropped and
+    counted under "drop".
+
+    Args:
+        path: the ``.jsonl``/``.json`` file (one object per line).
+        fields: the keys to keep, in order.
+        log: where bad lines are reported.
+        items: the lines are item rows (counted under ``items_dropped``).
+
+    Example:
+        >>> read_jsonl("items.jsonl", ["item_id", "title"], RowLog("error")).collect()
+    """
+    path = Path(path)
+    check_readable(path)
+    schema = {name: pl.String for name in fields}
+    try:
+        frame = pl.read_ndjson(path, schema=schema)
+    except Exception:  # noqa: BLE001 - Polars does not say which line; find it below.
+        return _read_jsonl_line_by_line(path, schema, log, items=items)
+    if frame.height and _has_blank_lines(path):
+        # Polars skips blank lines, which would shift line numbers: take the careful path.
+        return _read_jsonl_line_by_line(path, schema, log, items=items)
+    return frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64)).lazy()
+
+
+def _has_blank_lines(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return b"\n\n" in data or data.startswith(b"\n") or b"\n\r\n" in data
+
+
+def _read_jsonl_line_by_line(path: Path, schema: dict, log: RowLog, *, items: bool) -> pl.LazyFrame:
+    good: list[bytes] = []
+    lines: list[int] = []
+    problems: dict[str, list[tuple[int, str]]] = {}
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                log.count("blank_line", 1, items=items)
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problems.setdefault("bad_utf8", []).append(
+                    (number, f"invalid UTF-8 byte at position {error.start}; save the file as UTF-8")
+                )
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                problems.setdefault("bad_json", []).append(
+                    (number, f"invalid JSON ({error.msg} at character {error.pos}); the line may be truncated")
+                )
+                continue
+            if not isinstance(value, dict):
+                problems.setdefault("bad_json", []).append((number, "the line is not a JSON object"))
+                continue
+            good.append(raw.rstrip(b"\r\n"))
+            lines.append(number)
+    for reason, found in sorted(problems.items(), key=lambda kv: kv[1][0][0]):
+        line, detail = found[0]
+        log.bad(reason, len(found), path=path, line=line, column=None, detail=detail, items=items)
+    if good:
+        frame = pl.read_ndjson(io.BytesIO(b"\n".join(good)), schema=schema)
+    else:
+        frame = pl.DataFrame(schema=schema)
+    return frame.with_columns(pl.Series(LINE, lines, dtype=pl.Int64)).select(LINE, *schema).lazy()
+
+
+def first_row(frame: pl.DataFrame, column: str) -> tuple[int | None, str]:
+    """The line and the text value of ``column`` in the first row of ``frame`` (for messages)."""
+    row = frame.sort(LINE).row(0, named=True)
+    value = row.get(column)
+    return row.get(LINE), "" if value is None else str(value)
