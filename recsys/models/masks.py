@@ -1,0 +1,345 @@
+"""Token layouts, shared position ids and attention masks of the set-identifier model.
+
+ARCHITECTURE.md section 3.2 and the agreed token layout (DEVELOPERS.md): a row of a batch is
+
+    decoder-only (Qwen):  [pad][prompt_0..P-1][item_0: tok_0..K-1] ... [resp_0..R-1][query_0..Q-1]
+    encoder (T5):         [pad][prompt_0..P-1][item_0: tok_0..K-1] ... [resp_0..R-1]
+
+Histories are left-padded at item level, so whole items of padding come first and the
+prompt moves after them. Position ids count from the first real token (left padding changes
+nothing): prompt p -> p, every token of item j -> P + j, response r -> P + n + r, every
+query -> P + n + R (n = the row's real items). A padding token attends only to itself and no
+real token ever attends to padding.
+
+Who may attend to whom (:func:`reference_mask` spells it out pair by pair):
+
+- ``decoder_only`` + ``sparse``: prompt p sees prompts <= p; a token of item j sees the prompt,
+  every token of items < j and itself (never a sibling); response r sees the prompt, all item
+  tokens and responses <= r; query k sees the whole prefix and itself only.
+- ``encoder`` + ``sparse``: prompt and response tokens see every real token; a token of item j
+  sees the prompt, the response, every token of every other item and itself.
+- ``full`` (the ablation): siblings visible and ordinary sequential positions (causal for the
+  decoder-only backbone, bidirectional for the encoder).
+- ``autoregressive`` generation (the ablation): query k additionally sees queries < k, and the
+  queries get consecutive positions P + n + R + k.
+
+Two builders give the same dense boolean mask (True = may attend): :func:`reference_mask`
+(a readable loop over token pairs) and :func:`dense_mask` (the fast path, broadcast tensor
+ops, passed to SDPA as a 4-D mask). :func:`flex_block_mask` gives a FlexAttention block mask
+from the same rule for GPUs.
+
+Example:
+    >>> valid = torch.tensor([[False, True, True]])            # one padding item, two real
+    >>> layout = build_layout(valid, tokens_per_item=3, num_prompt=2, num_response=1, num_queries=3,
+    ...                       spec=MaskSpec("decoder_only"))
+    >>> mask = dense_mask(layout)                               # (1, S, S) bool
+    >>> torch.equal(mask, reference_mask(layout))
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recsys.errors import ConfigError
+
+PAD, PROMPT, ITEM, RESPONSE, QUERY = 0, 1, 2, 3, 4
+KIND_NAMES = {PAD: "pad", PROMPT: "prompt", ITEM: "item", RESPONSE: "response", QUERY: "query"}
+
+ROLES = ("decoder_only", "encoder")
+ATTENTIONS = ("sparse", "full")
+GENERATIONS = ("simultaneous", "autoregressive")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Which attention rule a layout follows.
+
+    Attributes:
+        role: ``decoder_only`` (Qwen: prompt, items, response and queries in one sequence) or
+            ``encoder`` (T5 encoder: prompt, items, response; the queries go to the decoder).
+        attention: ``sparse`` (siblings hidden, shared positions) or ``full`` (the ablation).
+        generation: ``simultaneous`` (each query sees only itself among queries) or
+            ``autoregressive`` (query k also sees queries < k).
+    """
+
+    role: str = "decoder_only"
+    attention: str = "sparse"
+    generation: str = "simultaneous"
+
+    def __post_init__(self) -> None:
+        for field, value, allowed in (
+            ("role", self.role, ROLES),
+            ("attention", self.attention, ATTENTIONS),
+            ("generation", self.generation, GENERATIONS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"mask {field} must be one of {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Per-slot description of a left-padded batch; every tensor is (B, S) int64.
+
+    Attributes:
+        spec: the attention rule.
+        kind: PAD, PROMPT, ITEM, RESPONSE or QUERY.
+        index: p for prompts, j (0-based among the row's real items) for item tokens, r for
+            responses, k for queries, 0 for padding.
+        sub: token index t inside an item (0..K-1), 0 elsewhere.
+        position_ids: shared position ids (see the module docstring); 0 for padding.
+        source: where each slot's embedding comes from in the concatenation
+            ``[zero, prompt (P), history tokens flattened (L*K), response (R), queries (Q)]``.
+    """
+
+    spec: MaskSpec
+    kind: torch.Tensor
+    index: torch.Tensor
+    sub: torch.Tensor
+    position_ids: torch.Tensor
+    source: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.kind.shape)  # type: ignore[return-value]
+
+    @property
+    def real(self) -> torch.Tensor:
+        """(B, S) bool, True for every slot that is not padding."""
+        return self.kind != PAD
+
+    def query_slots(self) -> torch.Tensor:
+        """Slot indices of the queries (the last Q slots of a decoder-only row)."""
+        return torch.nonzero(self.kind[0] == QUERY).flatten()
+
+
+def build_layout(
+    valid: torch.Tensor,
+    tokens_per_item: int,
+    num_prompt: int,
+    num_response: int,
+    num_queries: int,
+    spec: MaskSpec,
+) -> TokenLayout:
+    """Lay out a batch of left-padded histories.
+
+    Args:
+        valid: (B, L) bool, True for real history items; real items must form a suffix
+            of each row (left padding at item level).
+        tokens_per_item: K, tokens per history item.
+        num_prompt: P, prompt tokens.
+        num_response: R, response tokens.
+        num_queries: Q, query tokens (decoder-only rows only; ignored for an encoder).
+        spec: the attention rule (the role decides whether queries are in the row).
+
+    Returns:
+        A :class:`TokenLayout` of S = L*K + P + R (+ Q for decoder-only) slots per row.
+
+    Example:
+        >>> build_layout(torch.ones(2, 3, dtype=torch.bool), 5, 2, 1, 5, MaskSpec()).shape
+        (2, 23)
+    """
+    if valid.ndim != 2 or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a (B, L) bool tensor, got {tuple(valid.shape)} {valid.dtype}")
+    if valid.shape[1] > 1 and bool((valid[:, 1:].long() < valid[:, :-1].long()).any()):
+        row = int(torch.nonzero((valid[:, 1:].long() < valid[:, :-1].long()).any(dim=1))[0])
+        raise ValueError(f"history row {row} is not left-padded: padding items must all come before real items")
+    device = valid.device
+    batch, length = valid.shape
+    K, P, R = tokens_per_item, num_prompt, num_response
+    Q = num_queries if spec.role == "decoder_only" else 0
+    S = length * K + P + R + Q
+    n = valid.sum(dim=1, keepdim=True)  # (B, 1) real items
+    pad = (length - n) * K  # (B, 1) padding slots
+    s = torch.arange(S, device=device).unsqueeze(0).expand(batch, S)
+    off = s - pad  # offset from the first real slot
+
+    is_pad = off < 0
+    is_prompt = (off >= 0) & (off < P)
+    item_off = off - P
+    is_item = (item_off >= 0) & (item_off < n * K)
+    resp_off = item_off - n * K
+    is_resp = (resp_off >= 0) & (resp_off < R)
+    q_off = s - (S - Q)
+    is_query = q_off >= 0
+
+    zero = torch.zeros_like(s)
+    kind = torch.where(is_prompt, PROMPT, zero)
+    kind = torch.where(is_item, ITEM, kind)
+    kind = torch.where(is_resp, RESPONSE, kind)
+    kind = torch.where(is_query, QUERY, kind)
+    j = torch.div(item_off, K, rounding_mode="floor")
+    t = item_off - j * K
+    index = torch.where(is_prompt, off, zero)
+    index = torch.where(is_item, j, index)
+    index = torch.where(is_resp, resp_off, index)
+    index = torch.where(is_query, q_off, index)
+    sub = torch.where(is_item, t, zero)
+
+    if spec.attention == "sparse":
+        item_pos, resp_pos = P + j, P + n + resp_off
+        query_base = P + n + R
+    else:  # ordinary sequential positions
+        item_pos, resp_pos = off, off
+        query_base = P + n * K + R
+    query_pos = query_base + (q_off if spec.generation == "autoregressive" else 0)
+    position_ids = torch.where(is_prompt, off, zero)
+    position_ids = torch.where(is_item, item_pos, position_ids)
+    position_ids = torch.where(is_resp, resp_pos, position_ids)
+    position_ids = torch.where(is_query, query_pos, position_ids)
+
+    # history slot of item j, token t in the (L*K) flattened left-padded history
+    hist_flat = (length - n + j) * K + t
+    source = torch.where(is_prompt, 1 + off, zero)
+    source = torch.where(is_item, 1 + P + hist_flat, source)
+    source = torch.where(is_resp, 1 + P + length * K + resp_off, source)
+    source = torch.where(is_query, 1 + P + length * K + R + q_off, source)
+    del is_pad
+    return TokenLayout(spec, kind, index, sub, position_ids, source)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _may_attend(spec: MaskSpec, q: tuple[int, int, int], k: tuple[int, int, int]) -> bool:
+    """The rule for one (query slot, key slot) pair; each slot is (kind, index, slot number)."""
+    q_kind, q_index, q_slot = q
+    k_kind, k_index, k_slot = k
+    if q_slot == k_slot:
+        return True  # every token sees itself (padding only itself)
+    if q_kind == PAD or k_kind == PAD:
+        return False
+    autoregressive = spec.generation == "autoregressive"
+    if spec.role == "encoder":
+        if spec.attention == "full":
+            return True
+        return not (q_kind == ITEM and k_kind == ITEM and q_index == k_index)  # siblings hidden
+    # decoder-only
+    if k_kind == QUERY:
+        return q_kind == QUERY and autoregressive and k_index < q_index
+    if q_kind == QUERY:
+        return True  # the whole prefix
+    if spec.attention == "full":
+        return k_slot < q_slot  # causal over the sequence, siblings included
+    if k_kind == PROMPT:
+        return q_kind != PROMPT or k_index < q_index
+    if k_kind == ITEM:
+        return (q_kind == ITEM and k_index < q_index) or q_kind == RESPONSE
+    if k_kind == RESPONSE:
+        return q_kind == RESPONSE and k_index < q_index
+    raise AssertionError(f"unknown key kind {k_kind}")
+
+
+def reference_mask(layout: TokenLayout) -> torch.Tensor:
+    """Dense (B, S, S) bool mask, True where slot q may attend to slot k; pair by pair.
+
+    Slow (Python loops) and obviously right; :func:`dense_mask` must equal it.
+    """
+    batch, length = layout.shape
+    kind, index = layout.kind.tolist(), layout.index.tolist()
+    out = torch.zeros(batch, length, length, dtype=torch.bool)
+    for b in range(batch):
+        slots = [(kind[b][s], index[b][s], s) for s in range(length)]
+        rows = [[_may_attend(layout.spec, q, k) for k in slots] for q in slots]
+        out[b] = torch.tensor(rows, dtype=torch.bool)
+    return out.to(layout.kind.device)
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+def _rule(
+    spec: MaskSpec,
+    q_kind: torch.Tensor,
+    q_index: torch.Tensor,
+    q_slot: torch.Tensor,
+    k_kind: torch.Tensor,
+    k_index: torch.Tensor,
+    k_slot: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`_may_attend` as broadcasting tensor ops (also used as a FlexAttention mask_mod)."""
+    same = q_slot == k_slot
+    both_real = (q_kind != PAD) & (k_kind != PAD)
+    if spec.role == "encoder":
+        if spec.attention == "full":
+            return same | both_real
+        siblings = (q_kind == ITEM) & (k_kind == ITEM) & (q_index == k_index)
+        return same | (both_real & ~siblings)
+    autoregressive = spec.generation == "autoregressive"
+    k_query = k_kind == QUERY
+    q_query = q_kind == QUERY
+    query_key = q_query & k_query & (k_index < q_index) if autoregressive else torch.zeros_like(same)
+    prefix_key = ~k_query
+    if spec.attention == "full":
+        prefix_rule = q_query | (k_slot < q_slot)
+    else:
+        prompt_key = (k_kind == PROMPT) & ((q_kind != PROMPT) | (k_index < q_index))
+        item_key = (k_kind == ITEM) & (((q_kind == ITEM) & (k_index < q_index)) | (q_kind == RESPONSE) | q_query)
+        resp_key = (k_kind == RESPONSE) & (((q_kind == RESPONSE) & (k_index < q_index)) | q_query)
+        prefix_rule = prompt_key | item_key | resp_key
+    return same | (both_real & ((prefix_key & prefix_rule) | query_key))
+
+
+def dense_mask(layout: TokenLayout) -> torch.Tensor:
+    """Dense (B, S, S) bool mask, True where slot q may attend to slot k; vectorised.
+
+    Same signature and result as :func:`reference_mask`.
+    """
+    batch, length = layout.shape
+    slot = torch.arange(length, device=layout.kind.device).expand(batch, length)
+    return _rule(
+        layout.spec,
+        layout.kind[:, :, None],
+        layout.index[:, :, None],
+        slot[:, :, None],
+        layout.kind[:, None, :],
+        layout.index[:, None, :],
+        slot[:, None, :],
+    )
+
+
+def flex_block_mask(layout: TokenLayout):
+    """A FlexAttention ``BlockMask`` for the layout (same rule; for ``flex_attention`` on GPU)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    kind, index, spec = layout.kind, layout.index, layout.spec
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return _rule(spec, kind[b, q_idx], index[b, q_idx], q_idx, kind[b, kv_idx], index[b, kv_idx], kv_idx)
+
+    batch, length = layout.shape
+    return create_block_mask(mask_mod, batch, None, length, length, device=str(kind.device))
+
+
+def query_self_mask(num_queries: int, generation: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(Q, Q) bool self-attention mask of the T5 query decoder.
+
+    A hard identity for simultaneous generation (each query sees only itself), lower
+    triangular for the autoregressive ablation.
+    """
+    if generation not in GENERATIONS:
+        raise ConfigError(f"generation must be one of {GENERATIONS}, got {generation!r}")
+    eye = torch.eye(num_queries, dtype=torch.bool, device=device)
+    if generation == "simultaneous":
+        return eye
+    return torch.ones(num_queries, num_queries, dtype=torch.bool, device=device).tril()
+
+
+def for_backend(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A (B, S, S) or (S, S) bool mask as the 4-D mask an attention backend honours.
+
+    SDPA takes booleans (True = attend); the eager backends ADD the mask to the scores, so
+    they get 0 / most-negative floats (a boolean added as +1 would be the pitfall of
+    ARCHITECTURE.md 3.4).
+    """
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    mask = mask.unsqueeze(1)  # (B, 1, S, S): one mask for every head
+    if attn_implementation == "sdpa":
+        return mask
+    if attn_implementation == "eager":
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return additive.masked_fill(~mask, torch.finfo(dtype).min)
+    raise ConfigError(f"attn_implementation {attn_implementation!r} takes no dense mask; use sdpa or eager")

@@ -1,0 +1,604 @@
+"""The set-identifier recommender (ARCHITECTURE.md section 3): T5 and Qwen2 backbones.
+
+Every item is a set of K tokens (CF token + N semantic tokens, from
+:class:`recsys.tokenizers.identifiers.ItemTokenEncoder`); a history of such sets, framed by
+learnable prompt and response tokens, enters the backbone through ``inputs_embeds`` with the
+sparse mask and shared position ids of :mod:`recsys.models.masks`. K learnable queries give
+the hidden states h_0..h_{K-1} in one forward pass:
+
+- Qwen2 (decoder-only): the queries end the sequence; each sees the prefix and itself only.
+- T5: the encoder reads prompt, items and response; the queries are the decoder input, with a
+  hard identity self-attention mask, one shared position, and cross-attention to the encoder.
+  The relative position bias is computed from the shared position ids, not from ``arange``.
+
+Scores: s_k(i) = <h_k, t_i^k>; score(i) = (1 - beta) s_0(i) + beta * sum_{k>=1} s_k(i), i.e. one
+inner product of ``query_vectors`` with the flattened item token rows.
+
+Ablation switches (:class:`SetRecConfig`):
+
+- ``attention: full``: siblings visible, ordinary sequential positions.
+- ``generation: autoregressive``: query k also sees queries < k (consecutive positions) and its
+  input is q_k + t^{k-1} of the target item: teacher-forced from the gold target in training,
+  greedy at inference (t^{k-1} of the item scoring highest in dimension k-1), K forward passes.
+- ``token_set: cf | semantic``: items are only their CF token (K = 1) or only their N semantic
+  tokens (K = N); beta then plays no part (all kept dimensions weigh 1).
+
+The attention backend must honour the 4-D mask: ``attn_implementation`` is checked, and a
+probe at build time proves a masked key cannot change an output (``verify_mask``).
+
+Example:
+    >>> encoder = ItemTokenEncoder(cf, has_cf, text, num_semantic_tokens=4, token_dim=64)
+    >>> model = SetRecModel(SetRecConfig(backbone="qwen", preset="tiny"), encoder)
+    >>> histories = pad_histories([[3, 5, 7], [2]], max_len=4)     # (2, 4), -1 = padding
+    >>> model.score_all(histories, beta=0.5).shape                # (2, num_items)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.errors import ConfigError, UnknownItemError
+from recsys.models.masks import (
+    MaskSpec,
+    TokenLayout,
+    build_layout,
+    dense_mask,
+    flex_block_mask,
+    for_backend,
+    query_self_mask,
+    reference_mask,
+)
+from recsys.tokenizers.identifiers import ItemTokenEncoder
+
+BACKBONES = ("t5", "qwen")
+TOKEN_SETS = ("all", "cf", "semantic")
+ATTN_IMPLEMENTATIONS = {"qwen": ("sdpa", "eager", "flex_attention"), "t5": ("sdpa", "eager")}
+MASK_IMPLS = ("fast", "reference")
+
+#: Named backbone configs (random init). ``tiny`` is for tests, ``small`` trains on a CPU.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen": {
+        "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=8, max_position_embeddings=4096),
+        "small": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=8, max_position_embeddings=4096),
+    },
+    "t5": {
+        "tiny": dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2, vocab_size=8),
+        "small": dict(d_model=128, d_kv=32, num_heads=4, d_ff=384, num_layers=2, num_decoder_layers=1, vocab_size=8),
+    },
+}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the Qwen attention projections (peft); the backbone is frozen."""
+
+    rank: int = 8
+    """Rank r of the adapters."""
+    alpha: int = 16
+    """LoRA scaling alpha."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Names of the backbone linear layers that get adapters."""
+
+
+@dataclass
+class SetRecConfig:
+    """Configuration of :class:`SetRecModel`."""
+
+    backbone: str = "qwen"
+    """``qwen`` (Qwen2, decoder-only) or ``t5`` (encoder + query decoder)."""
+    preset: str = "tiny"
+    """Named random-init backbone size (see ``PRESETS``): ``tiny`` or ``small``."""
+    pretrained_dir: str | None = None
+    """Local directory of a pretrained checkpoint (``from_pretrained``, never a hub download); overrides ``preset``."""
+    num_semantic_tokens: int = 4
+    """N, semantic tokens per item (the item has N + 1 tokens)."""
+    num_prompt_tokens: int = 2
+    """P, learnable prompt tokens before the history."""
+    num_response_tokens: int = 1
+    """R, learnable response tokens after the history."""
+    attention: str = "sparse"
+    """``sparse`` (siblings hidden, shared positions) or ``full`` (ablation)."""
+    generation: str = "simultaneous"
+    """``simultaneous`` (queries independent) or ``autoregressive`` (ablation; see the module docstring)."""
+    token_set: str = "all"
+    """Item tokens used: ``all`` (CF + semantic), ``cf`` or ``semantic`` (ablations)."""
+    attn_implementation: str = "sdpa"
+    """Attention backend: ``sdpa`` or ``eager`` (both), ``flex_attention`` (Qwen, GPU)."""
+    mask_impl: str = "fast"
+    """Mask builder: ``fast`` (vectorised) or ``reference`` (pair-by-pair loops; for benchmarks)."""
+    dropout: float = 0.1
+    """Backbone dropout (T5 ``dropout_rate``, Qwen ``attention_dropout``)."""
+    lora: LoraSettings | None = None
+    """LoRA adapters (Qwen only); None trains the whole backbone."""
+    verify_mask: bool = True
+    """Probe at build time that the attention backend honours the 4-D mask (raises when it does not)."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        checks = (
+            ("backbone", self.backbone, BACKBONES),
+            ("attention", self.attention, ("sparse", "full")),
+            ("generation", self.generation, ("simultaneous", "autoregressive")),
+            ("token_set", self.token_set, TOKEN_SETS),
+            ("mask_impl", self.mask_impl, MASK_IMPLS),
+        )
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"model.{name} must be one of {allowed}, got {value!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS[self.backbone]:
+            raise ConfigError(
+                f"model.attn_implementation {self.attn_implementation!r} cannot honour the sparse mask for "
+                f"backbone {self.backbone!r}; use one of {ATTN_IMPLEMENTATIONS[self.backbone]}"
+            )
+        if self.pretrained_dir is None and self.preset not in PRESETS[self.backbone]:
+            raise ConfigError(f"model.preset must be one of {sorted(PRESETS[self.backbone])}, got {self.preset!r}")
+        if self.lora is not None and self.backbone != "qwen":
+            raise ConfigError("model.lora is supported for the qwen backbone only; set model.lora: null")
+        for name in ("num_semantic_tokens", "num_prompt_tokens", "num_response_tokens"):
+            if getattr(self, name) < (1 if name == "num_semantic_tokens" else 0):
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SetRecConfig":
+        values = dict(values)
+        if values.get("lora") is not None:
+            values["lora"] = LoraSettings(**values["lora"])
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**values)
+
+
+def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
+    """Left-pad (and left-truncate) item histories to a (B, L) LongTensor, -1 = padding.
+
+    L is the longest kept history (at most ``max_len``); the most recent items are kept.
+
+    Example:
+        >>> pad_histories([[1, 2, 3], [4]], max_len=2)
+        tensor([[ 2,  3], [-1,  4]])
+    """
+    kept = [list(h)[-max_len:] if max_len > 0 else [] for h in histories]
+    length = max((len(h) for h in kept), default=0)
+    out = torch.full((len(kept), max(length, 1)), -1, dtype=torch.long)
+    for row, items in enumerate(kept):
+        if items:
+            out[row, out.shape[1] - len(items) :] = torch.tensor(items, dtype=torch.long)
+    return out
+
+
+def build_backbone(config: SetRecConfig, backbone_config: dict[str, Any] | None = None) -> nn.Module:
+    """The transformers backbone: ``Qwen2Model`` or ``T5Model``.
+
+    Args:
+        config: model config (backbone, preset or pretrained_dir, dropout, attention backend).
+        backbone_config: a saved backbone config dict (from a bundle): random init of that
+            exact architecture, the weights are loaded afterwards.
+    """
+    from transformers import AutoConfig, AutoModel, Qwen2Config, Qwen2Model, T5Config, T5Model
+
+    impl = config.attn_implementation
+    if backbone_config is not None:
+        cls_config, cls_model = (Qwen2Config, Qwen2Model) if config.backbone == "qwen" else (T5Config, T5Model)
+        values = {k: v for k, v in backbone_config.items() if k not in ("architectures", "transformers_version")}
+        model = cls_model._from_config(cls_config.from_dict(values), attn_implementation=impl)
+    elif config.pretrained_dir is not None:
+        loaded = AutoConfig.from_pretrained(config.pretrained_dir, local_files_only=True)
+        expected = "qwen2" if config.backbone == "qwen" else "t5"
+        if loaded.model_type != expected:
+            raise ConfigError(
+                f"model.pretrained_dir {config.pretrained_dir} holds a {loaded.model_type!r} model, "
+                f"but model.backbone is {config.backbone!r} (expects {expected!r})"
+            )
+        if config.backbone == "t5":
+            loaded.dropout_rate = config.dropout
+        else:
+            loaded.attention_dropout = config.dropout
+        model = AutoModel.from_pretrained(
+            config.pretrained_dir, config=loaded, attn_implementation=impl, local_files_only=True
+        )
+    elif config.backbone == "qwen":
+        preset = PRESETS["qwen"][config.preset]
+        model = Qwen2Model._from_config(Qwen2Config(**preset, attention_dropout=config.dropout), attn_implementation=impl)
+    else:
+        preset = PRESETS["t5"][config.preset]
+        model = T5Model._from_config(T5Config(**preset, dropout_rate=config.dropout), attn_implementation=impl)
+    expected_cls = Qwen2Model if config.backbone == "qwen" else T5Model
+    if not isinstance(model, expected_cls):
+        raise ConfigError(f"model.pretrained_dir must hold a {expected_cls.__name__}-compatible model, got {type(model).__name__}")
+    if config.backbone == "qwen" and set(model.config.layer_types) != {"full_attention"}:
+        raise ConfigError("sliding-window Qwen layers would replace the sparse mask; set use_sliding_window: false")
+    if model.config._attn_implementation != impl:
+        raise ConfigError(f"backbone runs {model.config._attn_implementation!r} attention, asked for {impl!r}")
+    # Items enter through inputs_embeds: the word embeddings are never used.
+    for embedding in (getattr(model, "embed_tokens", None), getattr(model, "shared", None)):
+        if embedding is not None:
+            embedding.weight.requires_grad_(False)
+    return model
+
+
+@dataclass
+class SetRecOutput:
+    """Output of :meth:`SetRecModel.forward_tokens`.
+
+    Attributes:
+        query_states: (B, K, d) final hidden states of the queries.
+        hidden_states: per-layer outputs of the sequence the mask applies to (the decoder-only
+            sequence for Qwen, the encoder sequence for T5), each (B, S, d); None unless asked.
+        layout: the token layout of that sequence.
+    """
+
+    query_states: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    layout: TokenLayout
+
+
+class SetRecModel(nn.Module):
+    """The set-identifier recommender.
+
+    Args:
+        config: the model config.
+        item_encoder: the item token module (trained jointly: CF projection + autoencoder).
+        backbone_config: a saved backbone config (bundles); None builds from preset/pretrained_dir.
+    """
+
+    def __init__(
+        self,
+        config: SetRecConfig,
+        item_encoder: ItemTokenEncoder,
+        backbone_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = build_backbone(config, backbone_config)
+        self.hidden_size = self._backbone_config().hidden_size if config.backbone == "qwen" else self._backbone_config().d_model
+        if item_encoder.token_dim != self.hidden_size or item_encoder.num_semantic_tokens != config.num_semantic_tokens:
+            raise ConfigError(
+                f"item encoder gives {item_encoder.num_semantic_tokens} semantic tokens of size {item_encoder.token_dim}; "
+                f"the model needs {config.num_semantic_tokens} of size {self.hidden_size} (the backbone hidden size)"
+            )
+        self.item_encoder = item_encoder
+        if config.token_set == "cf":
+            item_encoder.autoencoder.requires_grad_(False)  # unused: keeps DDP from waiting for its gradients
+        elif config.token_set == "semantic":
+            item_encoder.cf_projection.requires_grad_(False)
+        d = self.hidden_size
+        self.prompt = nn.Parameter(torch.randn(config.num_prompt_tokens, d) * 0.02)
+        self.response = nn.Parameter(torch.randn(config.num_response_tokens, d) * 0.02)
+        self.queries = nn.Parameter(torch.randn(self.tokens_per_item, d) * 0.02)
+        if config.lora is not None:
+            self._add_lora(config.lora)
+        role = "decoder_only" if config.backbone == "qwen" else "encoder"
+        self.spec = MaskSpec(role, config.attention, config.generation)
+        if config.verify_mask:
+            self.verify_mask_honoured()
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _add_lora(self, lora: LoraSettings) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        self.backbone = get_peft_model(
+            self.backbone,
+            LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)),
+        )
+
+    def _core(self) -> nn.Module:
+        """The transformers model itself (inside the peft wrapper when LoRA is on)."""
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+
+    def _backbone_config(self):
+        return self._core().config
+
+    def backbone_config_dict(self) -> dict[str, Any]:
+        """The backbone architecture config, enough to rebuild it (bundles save it)."""
+        return self._backbone_config().to_dict()
+
+    def merged_copy(self) -> "SetRecModel":
+        """A copy with LoRA merged into the backbone weights (plain Qwen2 keys; for bundles)."""
+        if self.config.lora is None:
+            return self
+        clone = copy.deepcopy(self)
+        clone.backbone = clone.backbone.merge_and_unload()
+        clone.config = _replace_lora(clone.config)
+        return clone
+
+    @property
+    def tokens_per_item(self) -> int:
+        """K: item tokens the model uses (N + 1, 1 for ``cf``, N for ``semantic``)."""
+        return {"all": self.config.num_semantic_tokens + 1, "cf": 1, "semantic": self.config.num_semantic_tokens}[self.config.token_set]
+
+    @property
+    def num_items(self) -> int:
+        return self.item_encoder.num_items
+
+    def _select(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Keep the token set's tokens of (..., N+1, d) item tokens."""
+        if self.config.token_set == "cf":
+            return tokens[..., :1, :]
+        if self.config.token_set == "semantic":
+            return tokens[..., 1:, :]
+        return tokens
+
+    # ------------------------------------------------------------------ items
+
+    def item_table(self) -> torch.Tensor:
+        """(num_items, K, d) token table of the whole catalogue."""
+        return self._select(self.item_encoder.table())
+
+    def history_tokens(self, history_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) item indices, -1 = padding -> ((B, L, K, d) tokens, (B, L) bool valid)."""
+        valid = history_items >= 0
+        if bool((history_items >= self.num_items).any()):
+            bad = sorted(set(history_items[history_items >= self.num_items].tolist()))[:5]
+            raise UnknownItemError(f"history item indices {bad} are outside the catalogue of {self.num_items} items")
+        tokens = self._select(self.item_encoder(history_items.clamp(min=0)))
+        return tokens * valid[..., None, None], valid
+
+    # ------------------------------------------------------------------ backbone passes
+
+    def _mask(self, layout: TokenLayout) -> torch.Tensor:
+        return reference_mask(layout) if self.config.mask_impl == "reference" else dense_mask(layout)
+
+    def _attention_mask(self, layout: TokenLayout, dtype: torch.dtype):
+        if self.config.attn_implementation == "flex_attention":
+            return flex_block_mask(layout)
+        return for_backend(self._mask(layout), self.config.attn_implementation, dtype)
+
+    def _t5_bias(self, stack: nn.Module, q_pos: torch.Tensor, k_pos: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+        """(B, H, Sq, Sk) T5 relative position bias from position ids (B, Sq), (B, Sk)."""
+        attention = stack.block[0].layer[0].SelfAttention
+        relative = k_pos[:, None, :] - q_pos[:, :, None]  # memory - context, as T5 defines it
+        bucket = attention._relative_position_bucket(
+            relative,
+            bidirectional=bidirectional,
+            num_buckets=attention.relative_attention_num_buckets,
+            max_distance=attention.relative_attention_max_distance,
+        )
+        return attention.relative_attention_bias(bucket).permute(0, 3, 1, 2)
+
+    def _run_stack(self, stack, x, mask, bias, encoder_states=None, cross_mask=None, want_hidden=False):
+        """Run a T5 stack's blocks with our mask and bias (no mask or bias made from arange)."""
+        h = stack.dropout(x)
+        hidden = []
+        for block in stack.block:
+            h = block(
+                h,
+                attention_mask=mask,
+                position_bias=bias,
+                encoder_hidden_states=encoder_states,
+                encoder_attention_mask=cross_mask,
+            )[0]
+            if want_hidden:
+                hidden.append(h)
+        return stack.dropout(stack.final_layer_norm(h)), tuple(hidden) if want_hidden else None
+
+    def _sequence_pass(self, x: torch.Tensor, layout: TokenLayout, want_hidden: bool):
+        """Run the masked sequence (Qwen: all of it; T5: the encoder) -> (last states, per-layer)."""
+        mask = self._attention_mask(layout, x.dtype)
+        if self.config.backbone == "qwen":
+            out = self._core()(
+                inputs_embeds=x,
+                attention_mask={"full_attention": mask},
+                position_ids=layout.position_ids,
+                use_cache=False,
+                output_hidden_states=want_hidden,
+            )
+            hidden = tuple(out.hidden_states[1:]) if want_hidden else None
+            return out.last_hidden_state, hidden
+        encoder = self._core().encoder
+        bias = self._t5_bias(encoder, layout.position_ids, layout.position_ids, bidirectional=True)
+        return self._run_stack(encoder, x, mask, bias, want_hidden=want_hidden)
+
+    def _query_decoder(self, queries: torch.Tensor, encoder_states: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """T5 decoder over the queries: identity (or causal) self-mask, cross-attention to real tokens."""
+        batch, num_queries, _ = queries.shape
+        decoder = self._core().decoder
+        impl = self.config.attn_implementation
+        self_mask = for_backend(query_self_mask(num_queries, self.config.generation, queries.device), impl, queries.dtype)
+        positions = torch.zeros(1, num_queries, dtype=torch.long, device=queries.device)
+        if self.config.generation == "autoregressive":
+            positions = torch.arange(num_queries, device=queries.device).unsqueeze(0)
+        bias = self._t5_bias(decoder, positions, positions, bidirectional=False)
+        cross = for_backend(layout.real[:, None, :].expand(batch, num_queries, -1), impl, queries.dtype)
+        out, _ = self._run_stack(decoder, queries, self_mask, bias, encoder_states=encoder_states, cross_mask=cross)
+        return out
+
+    def forward_tokens(
+        self,
+        tokens: torch.Tensor,
+        valid: torch.Tensor,
+        query_inputs: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> SetRecOutput:
+        """Run the backbone on history tokens.
+
+        Args:
+            tokens: (B, L, K, d) history item tokens (padding rows are ignored).
+            valid: (B, L) bool, True for real items; left-padded.
+            query_inputs: (B, K, d) query input embeddings; the learnable queries when None.
+            output_hidden_states: also return per-layer outputs of the masked sequence.
+        """
+        batch, length, k, d = tokens.shape
+        if query_inputs is None:
+            query_inputs = self.queries.unsqueeze(0).expand(batch, -1, -1)
+        num_queries = query_inputs.shape[1]
+        layout = build_layout(
+            valid, k, self.config.num_prompt_tokens, self.config.num_response_tokens, num_queries, self.spec
+        )
+        parts = [
+            tokens.new_zeros(batch, 1, d),
+            self.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
+            tokens.reshape(batch, length * k, d),
+            self.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
+        ]
+        if self.spec.role == "decoder_only":
+            parts.append(query_inputs.to(tokens.dtype))
+        source = torch.cat(parts, dim=1)
+        x = source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d))
+        states, hidden = self._sequence_pass(x, layout, output_hidden_states)
+        if self.spec.role == "decoder_only":
+            query_states = states[:, -num_queries:]
+        else:
+            query_states = self._query_decoder(query_inputs.to(tokens.dtype), states, layout)
+        return SetRecOutput(query_states, hidden, layout)
+
+    # ------------------------------------------------------------------ queries and scores
+
+    def _autoregressive_inputs(self, previous: torch.Tensor) -> torch.Tensor:
+        """Query inputs q_k + t^{k-1}: ``previous`` (B, K, d) holds t^{k-1} at row k (row 0 zero)."""
+        return self.queries.unsqueeze(0) + previous
+
+    def query_states(
+        self,
+        history_items: torch.Tensor,
+        target_items: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, L) left-padded histories (-1 = padding) -> (B, K, d) query hidden states h_k.
+
+        Args:
+            history_items: item indices, left-padded with -1.
+            target_items: (B,) gold next items; teacher forcing for autoregressive generation.
+            table: the (num_items, K, d) item table when already computed.
+        """
+        tokens, valid = self.history_tokens(history_items)
+        if self.config.generation == "simultaneous":
+            return self.forward_tokens(tokens, valid).query_states
+        table = self.item_table() if table is None else table
+        batch, num_queries = history_items.shape[0], self.tokens_per_item
+        previous = tokens.new_zeros(batch, num_queries, self.hidden_size)
+        if target_items is not None:
+            previous[:, 1:] = table[target_items, :-1]
+            return self.forward_tokens(tokens, valid, self._autoregressive_inputs(previous)).query_states
+        states = None
+        for k in range(num_queries):  # greedy: K passes, each fixing the next query's input
+            states = self.forward_tokens(tokens, valid, self._autoregressive_inputs(previous)).query_states
+            if k + 1 < num_queries:
+                best = (states[:, k] @ table[:, k].T).argmax(dim=-1)
+                previous = previous.clone()
+                previous[:, k + 1] = table[best, k]
+        return states
+
+    def dimension_weights(self, beta: float) -> torch.Tensor:
+        """(K,) weights of the K score dimensions: (1 - beta, beta, ..., beta) for ``all``, ones otherwise."""
+        weights = torch.ones(self.tokens_per_item)
+        if self.config.token_set == "all":
+            weights[0] = 1.0 - beta
+            weights[1:] = beta
+        return weights
+
+    def query_vectors(self, histories: torch.Tensor, beta: float, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) histories -> (B, K*d) query vectors concat((1-beta) h_0, beta h_1, ..., beta h_N)."""
+        states = self.query_states(histories, table=table)
+        weights = self.dimension_weights(beta).to(states)
+        return (states * weights[None, :, None]).flatten(1)
+
+    @torch.no_grad()
+    def score_all(
+        self,
+        histories: torch.Tensor,
+        beta: float,
+        table: torch.Tensor | None = None,
+        batch_size: int = 512,
+    ) -> torch.Tensor:
+        """(B, L) histories -> (B, num_items) scores of the whole catalogue, in batches of users."""
+        table = self.item_table() if table is None else table
+        flat = table.flatten(1).T  # (K*d, num_items)
+        parts = [
+            self.query_vectors(histories[start : start + batch_size], beta, table=table) @ flat
+            for start in range(0, histories.shape[0], batch_size)
+        ]
+        return torch.cat(parts, dim=0)
+
+    def dimension_scores(self, histories: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, num_items) per-dimension scores s_k(i); beta can be tuned on these without rerunning."""
+        table = self.item_table() if table is None else table
+        states = self.query_states(histories, table=table)
+        return torch.einsum("bkd,ikd->bki", states, table)
+
+    # ------------------------------------------------------------------ loss
+
+    def loss(self, history_items: torch.Tensor, target_items: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
+        """Mean over k of full-catalogue cross-entropy of s_k, plus alpha times the AE MSE.
+
+        Args:
+            history_items: (B, L) left-padded histories.
+            target_items: (B,) next items.
+            alpha: weight of the autoencoder reconstruction MSE.
+
+        Returns:
+            ``loss`` (to minimise), ``ce`` and ``ae`` (detached parts).
+        """
+        table = self.item_table()
+        states = self.query_states(history_items, target_items=target_items, table=table)
+        logits = torch.einsum("bkd,ikd->bki", states.float(), table.float())
+        batch, k, num_items = logits.shape
+        ce = F.cross_entropy(logits.reshape(batch * k, num_items), target_items.repeat_interleave(k))
+        if self.config.token_set == "cf" or alpha == 0:
+            ae = ce.new_zeros(())
+        else:
+            seen = torch.cat([target_items, history_items[history_items >= 0]]).unique()
+            ae = self.item_encoder.reconstruction_loss(seen)
+        return {"loss": ce + alpha * ae, "ce": ce.detach(), "ae": ae.detach()}
+
+    # ------------------------------------------------------------------ safety
+
+    @torch.no_grad()
+    def verify_mask_honoured(self) -> None:
+        """Prove the attention backend applies the 4-D mask, or raise :class:`ConfigError`.
+
+        Runs the masked sequence pass on one random two-token item: changing a token that the
+        mask hides from its sibling must leave the sibling's first-layer output unchanged, while the same
+        change under the ``full`` ablation (sibling visible) must change it (so the probe
+        can fail).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            d = self.hidden_size
+            device = self.prompt.device
+            generator = torch.Generator().manual_seed(0)
+            tokens = torch.randn(1, 1, 2, d, generator=generator).to(device)
+            changed = tokens.clone()
+            changed[0, 0, 0] += torch.randn(d, generator=generator).to(device) * 3
+            valid = torch.ones(1, 1, dtype=torch.bool, device=device)
+            outputs = {}
+            for attention in ("sparse", "full"):
+                spec = MaskSpec(self.spec.role, attention, "simultaneous")
+                layout = build_layout(valid, 2, self.config.num_prompt_tokens, 0, 0, spec)
+                slot = int(torch.nonzero(layout.kind[0] == 2)[-1])  # the item's last token sees the first only under "full"
+                for name, item in (("base", tokens), ("changed", changed)):
+                    x = torch.cat([self.prompt.unsqueeze(0), item.reshape(1, 2, d)], dim=1)
+                    _, hidden = self._sequence_pass(x, layout, want_hidden=True)
+                    outputs[attention, name] = hidden[0][0, slot]  # first layer: nothing relayed yet
+            hidden_ok = torch.allclose(outputs["sparse", "base"], outputs["sparse", "changed"], atol=1e-4)
+            visible_moves = not torch.allclose(outputs["full", "base"], outputs["full", "changed"], atol=1e-4)
+            if not (hidden_ok and visible_moves):
+                raise ConfigError(
+                    f"attention backend {self.config.attn_implementation!r} of the {self.config.backbone} backbone "
+                    "does not honour the 4-D attention mask (masked sibling changed the output: "
+                    f"{not hidden_ok}; visible sibling left it unchanged: {not visible_moves}); use sdpa or eager"
+                )
+        finally:
+            self.train(was_training)
+
+
+def _replace_lora(config: SetRecConfig) -> SetRecConfig:
+    values = config.to_dict()
+    values["lora"] = None
+    return SetRecConfig.from_dict(values)
