@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--valid-fraction", type=float, default=0.1, help="temporal split: valid share (default 0.1)")
     prep.add_argument("--test-fraction", type=float, default=0.1, help="temporal split: test share (default 0.1)")
     prep.add_argument("--max-text-chars", type=int, default=2000, help="item text length bound (default 2000)")
+    prep.add_argument("--catalogue-only", default="keep", choices=("keep", "drop"),
+                      help="items of the item file without any event: keep as cold items (default) or drop")
     prep.set_defaults(func=run_prepare)
 
     stats = actions.add_parser("stats", help="print the statistics of a prepared dataset")
@@ -60,6 +62,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,
         max_text_chars=args.max_text_chars,
+        catalogue_only=args.catalogue_only,
     )
     manifest = prepare(config)
     counts = manifest["counts"]

@@ -35,12 +35,12 @@ def _first_line(path: Path) -> str:
         return handle.readline().decode("utf-8", errors="replace").strip()
 
 
-def _looks_like_ratings_csv(path: Path) -> bool:
+def looks_like_ratings_csv(path: Path) -> bool:
     parts = _first_line(path).split(",")
     return len(parts) == 4 and parts[2].replace(".", "", 1).isdigit() and parts[3].isdigit()
 
 
-def _json_format(path: Path) -> str | None:
+def json_format(path: Path) -> str | None:
     keys = _first_json_keys(path)
     if {"reviewerID", "asin"} <= keys:
         return "amazon2018"
@@ -59,10 +59,10 @@ def detect(path: Path) -> str:
             return "movielens-dat"
         if suffix == ".inter":
             return "recbole"
-        if suffix in (".json", ".jsonl") and (found := _json_format(path)):
+        if suffix in (".json", ".jsonl") and (found := json_format(path)):
             return found
         if suffix in (".csv", ".tsv", ".parquet"):
-            if suffix == ".csv" and _looks_like_ratings_csv(path):
+            if suffix == ".csv" and looks_like_ratings_csv(path):
                 return "amazon2018"
             return "generic"
     elif path.is_dir():
@@ -79,8 +79,8 @@ def detect(path: Path) -> str:
             if name.startswith("meta_"):
                 continue
             candidate = path / name
-            if name.endswith((".json", ".jsonl")) and (found := _json_format(candidate)):
+            if name.endswith((".json", ".jsonl")) and (found := json_format(candidate)):
                 return found
-            if name.endswith(".csv") and _looks_like_ratings_csv(candidate):
+            if name.endswith(".csv") and looks_like_ratings_csv(candidate):
                 return "amazon2018"
     raise DataFormatError(f"cannot tell the format; pass --format. Expected one of: {EXPECTED}", path=path)

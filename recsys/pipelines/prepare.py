@@ -80,6 +80,8 @@ class PrepareConfig:
     """Temporal split: share of the latest events that is test."""
     max_text_chars: int = 2000
     """Item texts longer than this are cut."""
+    catalogue_only: str = "keep"
+    """Items of the item file without any event: "keep" them (as cold items) or "drop" them."""
 
 
 def _sha256(path: Path) -> str:
@@ -105,6 +107,8 @@ def _check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"split must be 'loo' or 'temporal', got {config.split!r}")
     if config.kcore < 0:
         raise ConfigError(f"kcore must be >= 0, got {config.kcore}")
+    if config.catalogue_only not in ("keep", "drop"):
+        raise ConfigError(f"catalogue_only must be 'keep' or 'drop', got {config.catalogue_only!r}")
     if config.max_text_chars < 1:
         raise ConfigError(f"max_text_chars must be >= 1, got {config.max_text_chars}")
 
@@ -145,6 +149,9 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         ever_seen = np.zeros(len(item_keys), dtype=bool)
         ever_seen[code_ids(pl.DataFrame({"item_id": seen_items}), "item_id", item_keys, "_i")["_i"].to_numpy()] = True
         catalogue_only = in_catalogue & ~ever_seen
+        if config.catalogue_only == "drop":
+            log.count("catalogue_only", int(catalogue_only.sum()), items=True)
+            catalogue_only[:] = False
         log.count("filtered_out_with_their_events", int((in_catalogue & ever_seen & ~item_has_event).sum()), items=True)
     item_kept = item_has_event | catalogue_only
     item_new = np.cumsum(item_kept) - 1

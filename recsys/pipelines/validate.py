@@ -27,7 +27,7 @@ from recsys.pipelines.text import assemble_text, clean_field
 
 SPLIT_VALUES = ("train", "valid", "test")
 #: Fields whose list elements are sentences (joined with a space, not a comma).
-PROSE_FIELDS = ("description", "features")
+PROSE_FIELDS = ("description",)
 _REASON = "_reason"
 _COLUMN = "_column"
 _VALUE = "_value"

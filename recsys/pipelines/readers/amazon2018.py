@@ -1,0 +1,64 @@
+"""Amazon reviews 2018: ratings-only CSV, review JSON lines, metadata JSON lines.
+
+- ratings CSV, no header: ``item,user,rating,timestamp`` (unix seconds);
+- reviews: one JSON object per line with ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime``;
+- metadata ``meta_<category>.json``: ``asin``, ``title``, ``brand``, ``category`` (list),
+  ``feature`` (list), ``description`` (list), ``main_cat``, ``price``.
+
+Example:
+    >>> tables = read(Path("amazon2018/Industrial_and_Scientific_5.json"), RowLog("drop"))
+    >>> tables.items.collect_schema().names()[:3]
+    ['_line', 'item_id', 'title']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recsys.pipelines.detect import json_format, looks_like_ratings_csv
+from recsys.pipelines.issues import RowLog
+from recsys.pipelines.readers.amazon import find_files
+from recsys.pipelines.source import SourceTables
+from recsys.pipelines.tables import LINE, read_jsonl, scan_delimited
+
+REVIEW_FIELDS = {"reviewerID": "user_id", "asin": "item_id", "overall": "rating", "unixReviewTime": "ts"}
+#: metadata key -> canonical item column.
+META_FIELDS = {
+    "asin": "item_id",
+    "title": "title",
+    "brand": "brand",
+    "category": "categories",
+    "main_cat": "main_category",
+    "feature": "features",
+    "description": "description",
+    "price": "price",
+}
+
+
+def _accept(path: Path) -> bool:
+    if path.suffix == ".csv":
+        return looks_like_ratings_csv(path)
+    return json_format(path) == "amazon2018"
+
+
+def read(path: str | Path, log: RowLog) -> SourceTables:
+    """Read an Amazon 2018 folder or interactions file (see module docstring).
+
+    Args:
+        path: the folder, the ratings CSV or the reviews JSON file.
+        log: where broken JSON lines are reported.
+    """
+    inter_path, meta_path = find_files(Path(path), _accept)
+    if inter_path.suffix == ".csv":
+        interactions = scan_delimited(inter_path, names=["item_id", "user_id", "rating", "ts"])
+        interactions = interactions.select(LINE, "user_id", "item_id", "ts", "rating")
+    else:
+        interactions = read_jsonl(inter_path, list(REVIEW_FIELDS), log).rename(REVIEW_FIELDS)
+    items = None
+    if meta_path is not None:
+        items = read_jsonl(meta_path, list(META_FIELDS), log, items=True).rename(META_FIELDS)
+        items = items.select(LINE, *META_FIELDS.values())
+    files = [inter_path] + ([meta_path] if meta_path else [])
+    return SourceTables("amazon2018", interactions, inter_path, items, meta_path, "time", files)
