@@ -112,7 +112,7 @@ def test_training_learns_and_roundtrips(tmp_path):
 
     data = _sequential_dataset(tmp_path)
     codes = torch.tensor([[i // 4, i % 4] for i in range(12)])
-    config = TigerConfig(beam_size=10, max_epochs=40, patience=40, batch_size=64, lr=1e-2, **SMALL)
+    config = TigerConfig(beam_size=10, max_epochs=15, patience=15, batch_size=64, lr=1e-2, **SMALL)
     result = fit_tiger(data, codes, config, out_dir=tmp_path / "tiger", log_to_mlflow=False)
     # the next item is fully determined by the last one: near-perfect validation
     assert result.valid_metrics["recall@10"] > 0.9
