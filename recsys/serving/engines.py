@@ -1,0 +1,234 @@
+"""Engines: histories of item indices -> query vectors, behind one interface.
+
+A query vector is ``concat((1 - beta) h_0, beta h_1, ..., beta h_N)`` (the bundle's beta);
+the FAISS index turns it into items. Two engines give the same vectors for the same
+bundle (a parity test holds them to it):
+
+- :class:`TorchEngine`: the bundle's :class:`~recsys.models.setrec.SetRecModel` (T5 or
+  Qwen2), batched, no grad. The reference.
+- :class:`VllmEngine`: the Qwen2 backbone as the out-of-tree vLLM pooling model of
+  :mod:`recsys.serving.vllm_plugin`. Each user becomes one request whose prompt
+  embeddings are the agreed layout ``[prompt][items][response][queries]``; vLLM batches the
+  requests, the plugin rebuilds shared positions and the sparse mask, and returns the
+  query states.
+
+Both read item tokens from the model's item encoder at request time, so items added at
+runtime (:meth:`recsys.serving.service.Recommender.add_item`) can appear in histories at once.
+
+Example:
+    >>> engine = TorchEngine(model, beta=0.4, max_len=50)
+    >>> engine.query_vectors([[3, 5, 7], [2]]).shape        # (2, K * d)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from recsys.errors import ConfigError
+
+ENGINES = ("torch", "vllm")
+
+
+class Engine(Protocol):
+    """What the service needs from an engine."""
+
+    name: str
+
+    def query_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """(B,) histories of item indices, oldest first -> (B, K*d) float32 query vectors."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (processes, temporary files)."""
+        ...
+
+
+def _truncate(histories: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
+    return [list(h)[-max_len:] for h in histories]
+
+
+class TorchEngine:
+    """The bundle's model in PyTorch: batched, no grad.
+
+    Args:
+        model: a :class:`~recsys.models.setrec.SetRecModel` in eval mode.
+        beta: ranking weight of the bundle.
+        max_len: histories keep their last ``max_len`` items.
+        batch_size: users per forward pass.
+    """
+
+    name = "torch"
+
+    def __init__(self, model, beta: float, max_len: int, batch_size: int = 256) -> None:
+        self.model = model.eval()
+        self.beta = float(beta)
+        self.max_len = int(max_len)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def query_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        from recsys.models.setrec import pad_histories
+
+        kept = _truncate(histories, self.max_len)
+        parts = []
+        for start in range(0, len(kept), self.batch_size):
+            padded = pad_histories(kept[start : start + self.batch_size], self.max_len)
+            parts.append(self.model.query_vectors(padded.to(self.model.prompt.device), self.beta).float().cpu())
+        return torch.cat(parts).numpy()
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class VllmEngineConfig:
+    """How the vllm engine runs the backbone."""
+
+    max_num_seqs: int = 64
+    """Most requests (users) vLLM puts in one forward pass."""
+    dtype: str = "float32"
+    """Compute dtype of the backbone (float32 for parity with the torch engine)."""
+    in_process: bool = True
+    """Run vLLM's engine core in this process (fast start, no copies of the prompt
+    embeddings between processes); False starts vLLM's usual engine-core process."""
+    workdir: str | None = None
+    """Folder for the exported vLLM checkpoint; None uses a temporary folder removed on close."""
+    kv_cache_memory_bytes: int = 1 << 26
+    """Memory vLLM reserves for its KV cache; the model keeps none (encoder-only), so small."""
+
+
+def vllm_supports(model) -> str | None:
+    """None when ``model`` can run on the vllm engine, else the reason it cannot."""
+    config = model.config
+    if config.backbone != "qwen":
+        return f"model.backbone is {config.backbone!r}; the vllm engine serves the qwen backbone (use --engine torch)"
+    if config.attention != "sparse":
+        return f"model.attention is {config.attention!r}; the vllm engine reproduces the sparse layout only (use --engine torch)"
+    if config.generation != "simultaneous":
+        return f"model.generation is {config.generation!r}; the vllm engine runs one pass (use --engine torch)"
+    return None
+
+
+class VllmEngine:
+    """The Qwen2 backbone as a vLLM pooling model (out-of-tree ``SetRecQwen2QueryModel``).
+
+    Args:
+        model: the bundle's :class:`~recsys.models.setrec.SetRecModel` (qwen, sparse,
+            simultaneous); its prompt, response and query embeddings and its item encoder
+            build the prompt embeddings, its backbone weights go to vLLM.
+        beta: ranking weight of the bundle.
+        max_len: histories keep their last ``max_len`` items.
+        config: vLLM settings.
+
+    Raises:
+        ConfigError: the model cannot run on vLLM (the message says why).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model, beta: float, max_len: int, config: VllmEngineConfig | None = None) -> None:
+        reason = vllm_supports(model)
+        if reason:
+            raise ConfigError(reason)
+        from recsys.serving.vllm_plugin.checkpoint import export_backbone
+        from recsys.serving.vllm_plugin.layout import SetLayout
+
+        self.model = model.eval()
+        self.beta = float(beta)
+        self.max_len = int(max_len)
+        self.config = config or VllmEngineConfig()
+        k = model.tokens_per_item
+        self.layout = SetLayout(model.config.num_prompt_tokens, model.config.num_response_tokens, k)
+        self.weights = model.dimension_weights(self.beta).view(k, 1).float()
+        with torch.no_grad():
+            self._prompt = model.prompt.detach().float().cpu()
+            self._response = model.response.detach().float().cpu()
+            self._queries = model.queries.detach().float().cpu()
+        self._own_dir = self.config.workdir is None
+        workdir = Path(self.config.workdir or tempfile.mkdtemp(prefix="setrec-vllm-"))
+        max_model_len = self.layout.length(self.max_len)
+        export_backbone(model._core(), self.layout, workdir, max_positions=max(max_model_len, 16))
+        self.workdir = workdir
+        self.llm = _start_llm(workdir, max_model_len, self.config)
+        from vllm import PoolingParams
+
+        self._params = PoolingParams(use_activation=False)
+
+    def prompt_embeds(self, history: Sequence[int]) -> torch.Tensor:
+        """(S, d) prompt embeddings of one history (already truncated) in the agreed layout."""
+        items = torch.as_tensor(list(history), dtype=torch.long).view(1, -1)
+        with torch.no_grad():
+            tokens, _ = self.model.history_tokens(items)
+        d = self._prompt.shape[1]
+        return torch.cat([self._prompt, tokens.reshape(-1, d).float().cpu(), self._response, self._queries])
+
+    def query_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        kept = _truncate(histories, self.max_len)
+        prompts = [{"prompt_embeds": self.prompt_embeds(h)} for h in kept]
+        outputs = self.llm.encode(prompts, pooling_params=self._params, pooling_task="embed", use_tqdm=False)
+        k = self.layout.item_tokens
+        states = torch.stack([out.outputs.data.float().view(k, -1) for out in outputs])
+        return (states * self.weights).flatten(1).numpy()
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        if self._own_dir and getattr(self, "workdir", None) is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _start_llm(checkpoint: Path, max_model_len: int, config: VllmEngineConfig):
+    """Start vLLM on an exported checkpoint, keeping its process-wide side effects contained."""
+    if config.in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # vLLM's CPU worker pins OpenMP threads to cores; inside a shared process, leave them be.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    from vllm import LLM
+
+    from recsys.serving.vllm_plugin import register
+
+    register()  # vLLM's plugin loader does this too; explicit for an uninstalled checkout
+    set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
+    try:
+        return LLM(
+            model=str(checkpoint),
+            runner="pooling",
+            enable_prompt_embeds=True,
+            dtype=config.dtype,
+            enforce_eager=True,
+            max_model_len=max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=max(max_model_len, min(max_model_len * config.max_num_seqs, 1 << 16)),
+            kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+            enable_prefix_caching=False,
+            seed=0,
+        )
+    finally:
+        torch.set_num_threads = set_num_threads
+
+
+def make_engine(name: str, model, beta: float, max_len: int, vllm_config: VllmEngineConfig | None = None) -> Engine:
+    """The engine called ``name`` (``torch`` or ``vllm``) over a loaded bundle model.
+
+    Example:
+        >>> engine = make_engine("torch", model, model.bundle.beta, model.bundle.max_len)
+    """
+    if name == "torch":
+        return TorchEngine(model, beta, max_len)
+    if name == "vllm":
+        return VllmEngine(model, beta, max_len, vllm_config)
+    raise ConfigError(f"--engine must be one of {ENGINES}, got {name!r}")
