@@ -84,7 +84,7 @@ def assemble_text(fields: list[str], *, max_chars: int = 2000) -> pl.Expr:
     for name in TEXT_FIELDS:
         if name not in fields:
             continue
-        value = pl.col(name).str.strip_chars_end(". ")
+        value = pl.col(name).cast(pl.String).str.strip_chars_end(". ")
         if name == "title":
             parts.append(value + pl.lit("."))
         else:

@@ -364,7 +364,7 @@ def pretrain_autoencoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * batch.shape[0]
+            total += float(loss.detach()) * batch.shape[0]
             seen += batch.shape[0]
         train_curve.append(total / max(seen, 1))
         autoencoder.eval()

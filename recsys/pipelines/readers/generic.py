@@ -26,7 +26,7 @@ import polars as pl
 from recsys.errors import DataFormatError
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, read_jsonl, scan_delimited, scan_parquet
+from recsys.pipelines.tables import LINE, check_readable, read_jsonl, scan_delimited, scan_parquet
 
 INTERACTION_NAMES = ("interactions.csv", "interactions.tsv", "interactions.parquet")
 ITEM_NAMES = ("items.csv", "items.tsv", "items.jsonl", "items.json", "items.parquet")
@@ -46,6 +46,7 @@ def _scan_table(path: Path, log: RowLog, *, items: bool) -> pl.LazyFrame:
 
 def jsonl_fields(path: Path, lines: int = 1000) -> list[str]:
     """The keys of the JSON objects in the first ``lines`` lines of ``path``, in first-seen order."""
+    check_readable(path)
     fields: dict[str, None] = {}
     with open(path, "rb") as handle:
         for _, raw in zip(range(lines), handle):

@@ -1,0 +1,246 @@
+"""SASRec: causal self-attention over item ids, trained with full-softmax cross-entropy.
+
+The baseline sequential recommender and the source of the CF embeddings of the set
+identifiers (ARCHITECTURE.md section 3.1). One file, top to bottom: the config, the
+attention (a reference implementation and the fused path, tested equal), the block,
+the model.
+
+Inputs are item indices (``item_idx`` of the prepared dataset, 0-based). Histories are
+LEFT-padded with :data:`PAD` (-1) so the most recent item is always the last column;
+positions count backwards from it (0 = the most recent item), so a history padded to
+any length up to ``max_len`` gets the same scores. Internally item ``i`` is token
+``i + 1`` and token 0 is padding.
+
+Layers follow the original post-norm Transformer block used by the SASRec
+implementations people compare against: ``x = LN(x + Drop(Attn(x)))``,
+``x = LN(x + Drop(FFN(x)))``, GELU, dropout on the embeddings, the attention weights and
+both residual branches. The output layer is tied to the item embedding table, and the
+score of item ``i`` is the inner product of the last hidden state with its embedding.
+
+Example:
+    >>> model = SASRec(num_items=1682, config=SASRecConfig())
+    >>> histories = SASRec.pad_histories([[3, 7, 9], [12]], max_len=50)   # (2, 3)
+    >>> model.eval(); model.score(histories).shape                         # (2, 1682)
+    >>> model.item_embeddings().shape                                      # (1682, 64)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.errors import ConfigError
+
+#: Padding value of histories given to :meth:`SASRec.score` and :meth:`SASRec.forward`.
+PAD = -1
+
+
+@dataclass
+class SASRecConfig:
+    """Architecture and training settings of SASRec (defaults: the RecBole 1.2.1 setting of issue 3)."""
+
+    hidden_size: int = 64
+    """Size of item embeddings and hidden states; the CF embedding dimension."""
+    num_layers: int = 2
+    """Number of Transformer blocks."""
+    num_heads: int = 2
+    """Attention heads per block; must divide ``hidden_size``."""
+    inner_size: int = 256
+    """Hidden size of the position-wise feed-forward network."""
+    max_len: int = 50
+    """Most recent history items the model reads; older ones are cut off."""
+    dropout: float = 0.5
+    """Dropout on the embeddings and on both residual branches of every block."""
+    attn_dropout: float = 0.5
+    """Dropout on the attention weights."""
+    layer_norm_eps: float = 1e-12
+    """Epsilon of every LayerNorm."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of embeddings and linear weights."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay (L2)."""
+    batch_size: int = 256
+    """Training samples per step (one sample = one target position with its prefix)."""
+    eval_batch_size: int = 1024
+    """Users per batch when scoring the full catalogue for validation and test."""
+    max_epochs: int = 200
+    """Upper bound on training epochs."""
+    patience: int = 10
+    """Stop after this many validation rounds without a better validation NDCG@10."""
+    min_epochs: int = 1
+    """Train at least this many epochs before early stopping may stop."""
+    seed: int = 2020
+    """Seed of initialisation, shuffling and dropout."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 = load in the training process)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: "auto", "cpu", "gpu"."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "hidden_size": self.hidden_size > 0,
+            "num_layers": self.num_layers > 0,
+            "num_heads": self.num_heads > 0 and self.hidden_size % max(self.num_heads, 1) == 0,
+            "inner_size": self.inner_size > 0,
+            "max_len": self.max_len > 0,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "attn_dropout": 0.0 <= self.attn_dropout < 1.0,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size > 0,
+            "eval_batch_size": self.eval_batch_size > 0,
+            "max_epochs": self.max_epochs > 0,
+            "patience": self.patience > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(
+                f"SASRecConfig: invalid value of {', '.join(bad)} "
+                f"({', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}); "
+                "sizes must be positive, num_heads must divide hidden_size, dropouts lie in [0, 1)"
+            )
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention written out (no dropout): the reference of :func:`attention`.
+
+    Args:
+        q, k, v: (B, H, L, D).
+        allowed: (B, 1, L, L) bool, True where a query may attend to a key.
+    """
+    logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(logits, dim=-1) @ v
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Fused scaled dot-product attention, same signature and result as :func:`attention_reference`."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a given boolean mask."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attn_dropout = config.attn_dropout
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        batch, length, size = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, size // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v, allowed, self.attn_dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, length, size))
+
+
+class Block(nn.Module):
+    """Post-norm Transformer block: attention then a GELU feed-forward network."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden_size, config.inner_size),
+            nn.GELU(),
+            nn.Linear(config.inner_size, config.hidden_size),
+        )
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, allowed)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommender over ``num_items`` items.
+
+    Args:
+        num_items: catalogue size; items are ``0 .. num_items - 1``.
+        config: architecture settings (training fields are ignored here).
+    """
+
+    def __init__(self, num_items: int, config: SASRecConfig | None = None) -> None:
+        super().__init__()
+        if num_items <= 0:
+            raise ConfigError(f"SASRec: num_items must be positive, got {num_items}")
+        self.config = config = config or SASRecConfig()
+        self.num_items = num_items
+        self.item_embedding = nn.Embedding(num_items + 1, config.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(config.max_len, config.hidden_size)
+        self.embed_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    @staticmethod
+    def pad_histories(histories: Sequence[Sequence[int]], max_len: int = 50) -> torch.LongTensor:
+        """Keep the last ``max_len`` items of each history and left-pad with :data:`PAD`.
+
+        Example:
+            >>> SASRec.pad_histories([[1, 2, 3], [4]], max_len=2)
+            tensor([[ 2,  3],
+                    [-1,  4]])
+        """
+        cut = [list(h)[-max_len:] for h in histories]
+        width = max((len(h) for h in cut), default=0) or 1
+        out = torch.full((len(cut), width), PAD, dtype=torch.long)
+        for row, items in enumerate(cut):
+            if items:
+                out[row, width - len(items) :] = torch.as_tensor(items, dtype=torch.long)
+        return out
+
+    def forward(self, histories: torch.Tensor) -> torch.Tensor:
+        """Hidden state after every position: (B, L) left-padded item indices -> (B, L, hidden).
+
+        Position t only sees positions <= t (causal); padding is never attended to.
+        """
+        if histories.shape[1] > self.config.max_len:
+            histories = histories[:, -self.config.max_len :]
+        tokens = histories + 1  # PAD (-1) -> 0, item i -> i + 1
+        length = tokens.shape[1]
+        positions = torch.arange(length - 1, -1, -1, device=tokens.device)  # 0 = most recent column
+        x = self.item_embedding(tokens) + self.position_embedding(positions)
+        x = self.embed_dropout(self.embed_norm(x))
+        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
+        # Every query sees itself so that all-padding rows stay finite; padding keys are hidden otherwise.
+        allowed = (causal & (tokens != 0)[:, None, :]) | torch.eye(length, dtype=torch.bool, device=tokens.device)
+        allowed = allowed[:, None]
+        for block in self.blocks:
+            x = block(x, allowed)
+        return x
+
+    def item_embeddings(self) -> torch.Tensor:
+        """The (num_items, hidden) item embedding table (padding row dropped): the CF embeddings."""
+        return self.item_embedding.weight[1:]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for hidden states of shape (..., hidden) -> (..., num_items)."""
+        return hidden @ self.item_embeddings().T
+
+    def score(self, histories: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue next-item scores: (B, L) left-padded histories -> (B, num_items).
+
+        History items are NOT excluded (callers may use ``recsys.evaluation.metrics.exclude_items``).
+        """
+        return self.logits(self.forward(histories)[:, -1])

@@ -1,0 +1,451 @@
+"""Train SASRec with Lightning on the train split; early stopping on validation NDCG@10.
+
+Protocol (the RecBole sequential protocol): every target position of a user's train
+sequence is one training sample whose input is the (at most ``max_len``) items before it;
+the loss is full-softmax cross-entropy over the whole catalogue. Validation and test score
+the full catalogue for each user with ``recsys.evaluation.metrics`` (batched, ties count
+against the gold item) and exclude nothing: items already in the history stay rankable,
+as in RecBole's full-sort evaluation of sequential models. When a split holds several
+gold items for a user (temporal splits) the first one is the next-item target.
+
+The best epoch on validation NDCG@10 is kept in memory and restored before testing.
+
+Example:
+    >>> data = PreparedDataset.load("/tmp/setrec-data/ml-100k")
+    >>> result = fit_sasrec(data, SASRecConfig(max_epochs=50), out_dir=Path("runs/sasrec"))
+    >>> result.test_metrics["ndcg@10"], result.seconds_per_epoch
+    >>> model, config = load_sasrec("runs/sasrec")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from recsys.errors import ArtifactError, ConfigError
+from recsys.evaluation.metrics import gold_ranks, loo_metrics
+from recsys.models.sasrec import PAD, SASRec, SASRecConfig
+from recsys.pipelines.prepared import EvalExamples, PreparedDataset
+
+MONITOR = "valid/ndcg@10"
+KS = (5, 10, 20)
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+# --------------------------------------------------------------------------- data
+
+
+class PrefixBatches:
+    """Collate function turning sample indices into (histories, targets) of the prefix protocol.
+
+    Sequences are stored flat (``items``) with each sample's target position and the start of
+    its sequence, so memory stays linear in the number of interactions.
+
+    Args:
+        sequences: each user's train items, oldest first.
+        max_len: most recent items kept in a history.
+    """
+
+    def __init__(self, sequences: list[list[int]], max_len: int) -> None:
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        self.items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(sequences) else np.zeros(0, np.int64)
+        # every position but the first of each sequence is a target
+        self.target_pos = np.concatenate(
+            [np.arange(start + 1, start + n) for start, n in zip(starts, lengths)]
+        ) if len(sequences) else np.zeros(0, np.int64)
+        self.seq_start = np.repeat(starts, np.maximum(lengths - 1, 0))
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.target_pos)
+
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        target_pos, seq_start = self.target_pos[idx], self.seq_start[idx]
+        width = int(min(self.max_len, (target_pos - seq_start).max()))
+        pos = target_pos[:, None] - np.arange(width, 0, -1)[None, :]  # (B, width), oldest first
+        valid = pos >= seq_start[:, None]
+        histories = np.where(valid, self.items[np.maximum(pos, 0)], PAD)
+        return torch.from_numpy(histories), torch.from_numpy(self.items[target_pos])
+
+
+class EvalBatches:
+    """Collate function for evaluation: padded histories and the first gold item of each example."""
+
+    def __init__(self, examples: EvalExamples, max_len: int) -> None:
+        self.histories = [h[-max_len:] for h in examples.histories]
+        self.gold = [g[0] for g in examples.gold]
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        histories = SASRec.pad_histories([self.histories[i] for i in indices], self.max_len)
+        return histories, torch.tensor([self.gold[i] for i in indices], dtype=torch.long)
+
+
+def _index_loader(collate, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        range(len(collate)),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        num_workers=num_workers,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class SASRecDataModule(L.LightningDataModule):
+    """Train prefixes, validation and test examples of a prepared dataset.
+
+    Args:
+        data: the prepared dataset.
+        config: batch sizes, ``max_len``, workers, seed.
+    """
+
+    def __init__(self, data: PreparedDataset, config: SASRecConfig) -> None:
+        super().__init__()
+        self.data = data
+        self.config = config
+        sequences = data.train_sequences()
+        self.train = PrefixBatches(sequences, config.max_len)
+        if len(self.train) == 0:
+            raise ArtifactError(
+                f"{data.root}: no user has two or more train interactions, so SASRec has nothing to learn from; "
+                "check the split of the prepared dataset"
+            )
+        self.valid = EvalBatches(data.eval_examples("valid"), config.max_len)
+        self.test = EvalBatches(data.eval_examples("test"), config.max_len)
+        if len(self.valid) == 0:
+            raise ArtifactError(
+                f"{data.root}: the valid split has no user with a history, so early stopping on validation "
+                "NDCG@10 is impossible; prepare the dataset with a split that has validation items"
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        return _index_loader(self.train, self.config.batch_size, True, self.config.num_workers, self.config.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return _index_loader(self.valid, self.config.eval_batch_size, False, 0)
+
+    def test_dataloader(self) -> DataLoader:
+        return _index_loader(self.test, self.config.eval_batch_size, False, 0)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class SASRecModule(L.LightningModule):
+    """Lightning wrapper: full-softmax cross-entropy training, full-ranking validation.
+
+    Args:
+        num_items: catalogue size.
+        config: SASRec settings.
+    """
+
+    def __init__(self, num_items: int, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = SASRec(num_items, config)
+        self._ranks: list[torch.Tensor] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        histories, targets = batch
+        loss = F.cross_entropy(self.model.score(histories), targets)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._ranks = []
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        histories, gold = batch
+        self._ranks.append(gold_ranks(self.model.score(histories), gold).cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = loo_metrics(torch.cat(self._ranks), KS)
+        for name, value in metrics.items():
+            if name.startswith(("ndcg", "recall", "mrr")):
+                self.log(f"valid/{name}", value, prog_bar=name == "ndcg@10")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+
+class BestWeights(L.Callback):
+    """Keeps a copy of the weights of the best validation epoch (higher ``monitor`` is better)."""
+
+    def __init__(self, monitor: str = MONITOR) -> None:
+        self.monitor = monitor
+        self.best_score = -float("inf")
+        self.best_epoch = -1
+        self.best_metrics: dict[str, float] = {}
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        if score > self.best_score:
+            self.best_score = score
+            self.best_epoch = trainer.current_epoch
+            self.best_metrics = {
+                k.removeprefix("valid/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")
+            }
+            self.state = copy.deepcopy(pl_module.model.state_dict())
+
+
+class EpochTimer(L.Callback):
+    """Wall-clock seconds of each training epoch (its validation included)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_sasrec(model: SASRec, examples: EvalExamples, batch_size: int = 1024, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Full-ranking leave-one-out metrics of ``model`` on ``examples`` (first gold item per user).
+
+    Args:
+        model: a SASRec model (put in eval mode here).
+        examples: ``PreparedDataset.eval_examples("valid" | "test")``.
+        batch_size: users scored at once.
+
+    Example:
+        >>> evaluate_sasrec(model, data.eval_examples("test"))["ndcg@10"]
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    batches = EvalBatches(examples, model.config.max_len)
+    ranks = []
+    for start in range(0, len(batches), batch_size):
+        histories, gold = batches(list(range(start, min(start + batch_size, len(batches)))))
+        ranks.append(gold_ranks(model.score(histories.to(device)), gold.to(device)).cpu())
+    return loo_metrics(torch.cat(ranks) if ranks else torch.zeros(0), ks)
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@dataclass
+class SASRecFitResult:
+    """What :func:`fit_sasrec` returns.
+
+    Attributes:
+        model: the SASRec model with the weights of the best validation epoch, in eval mode, on CPU.
+        config: the config it was trained with.
+        valid_metrics: metrics of the best epoch on the valid split (``ndcg@10``, ``recall@10``, ...).
+        test_metrics: metrics of that model on the test split.
+        epochs_run: epochs trained before early stopping or ``max_epochs``.
+        best_epoch: 0-based epoch whose weights were kept.
+        seconds_per_epoch: mean wall-clock seconds of a training epoch (its validation included).
+        mlflow_run_id: the MLflow run, or None when not logged.
+    """
+
+    model: SASRec
+    config: SASRecConfig
+    valid_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    epochs_run: int
+    best_epoch: int
+    seconds_per_epoch: float
+    mlflow_run_id: str | None = None
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def fit_sasrec(
+    data: PreparedDataset,
+    config: SASRecConfig,
+    out_dir: Path | None = None,
+    log_to_mlflow: bool = True,
+) -> SASRecFitResult:
+    """Train SASRec on the train split, keep the best epoch on validation NDCG@10, test it.
+
+    Args:
+        data: a prepared dataset.
+        config: model and training settings.
+        out_dir: when given, the trained model is saved there (:func:`save_sasrec`) with ``metrics.json``.
+        log_to_mlflow: log params, per-epoch metrics, test metrics and the saved model to MLflow
+            (experiment ``sasrec``; store from ``MLFLOW_TRACKING_URI``).
+
+    Example:
+        >>> result = fit_sasrec(PreparedDataset.load("data/ml-100k"), SASRecConfig(max_epochs=5), log_to_mlflow=False)
+    """
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    datamodule = SASRecDataModule(data, config)
+    module = SASRecModule(data.num_items, config)
+    best, timer = BestWeights(), EpochTimer()
+    logger = False
+    if log_to_mlflow:
+        from recsys.tracking import flatten, lightning_logger
+
+        logger = lightning_logger(
+            "sasrec", run_name=f"sasrec-{data.root.name}", tags={"dataset": data.fingerprint, "data_dir": str(data.root)}
+        )
+        logger.log_hyperparams(
+            flatten({**dataclasses.asdict(config), "num_items": data.num_items, "train_samples": len(datamodule.train)})
+        )
+    trainer = L.Trainer(
+        max_epochs=config.max_epochs,
+        min_epochs=config.min_epochs,
+        accelerator=config.accelerator,
+        devices=1,
+        logger=logger,
+        callbacks=[L.pytorch.callbacks.EarlyStopping(MONITOR, mode="max", patience=config.patience), best, timer],
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        log_every_n_steps=50,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    if best.state is None:
+        raise ArtifactError("SASRec training ended before its first validation; raise max_epochs")
+    model = module.model.cpu()
+    model.load_state_dict(best.state)
+    model.eval()
+    valid_metrics = evaluate_sasrec(model, data.eval_examples("valid"), config.eval_batch_size)
+    test_metrics = evaluate_sasrec(model, data.eval_examples("test"), config.eval_batch_size)
+    seconds = float(np.mean(timer.seconds)) if timer.seconds else float("nan")
+    run_id = None
+    if logger:
+        run_id = logger.run_id
+        logger.log_metrics(
+            {f"best_valid/{k}": v for k, v in valid_metrics.items()}
+            | {f"test/{k}": v for k, v in test_metrics.items()}
+            | {"best_epoch": best.best_epoch, "seconds_per_epoch": seconds}
+        )
+    result = SASRecFitResult(
+        model=model,
+        config=config,
+        valid_metrics=valid_metrics,
+        test_metrics=test_metrics,
+        epochs_run=len(timer.seconds),
+        best_epoch=best.best_epoch,
+        seconds_per_epoch=seconds,
+        mlflow_run_id=run_id,
+        epoch_seconds=list(timer.seconds),
+    )
+    if out_dir is not None:
+        save_sasrec(model, config, out_dir, extra={"valid": valid_metrics, "test": test_metrics,
+                                                     "best_epoch": best.best_epoch, "epochs_run": result.epochs_run,
+                                                     "seconds_per_epoch": seconds, "dataset": data.fingerprint,
+                                                     "mlflow_run_id": run_id})
+        if logger:
+            logger.experiment.log_artifacts(run_id, str(out_dir), artifact_path="sasrec")
+    return result
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target`` to write into; on success it replaces ``target``.
+
+    On an exception the temporary directory is removed and ``target`` is left untouched.
+
+    Example:
+        >>> with atomic_directory(Path("out/cf")) as tmp:
+        ...     (tmp / "manifest.json").write_text("{}")
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_sasrec(model: SASRec, config: SASRecConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (config, num_items) to ``out_dir``, atomically.
+
+    Args:
+        model: the trained model.
+        config: its config.
+        out_dir: target directory (replaced when it exists).
+        extra: optional metrics and facts written to ``metrics.json``.
+
+    Example:
+        >>> save_sasrec(result.model, result.config, "runs/sasrec")
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "setrec-sasrec-v1"})
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps({"num_items": model.num_items, "config": dataclasses.asdict(config)}, indent=2)
+        )
+        if extra is not None:
+            (tmp / "metrics.json").write_text(json.dumps(extra, indent=2, default=str))
+    return out_dir
+
+
+def load_sasrec(path: str | Path) -> tuple[SASRec, SASRecConfig]:
+    """Load a model written by :func:`save_sasrec`, in eval mode (safetensors only, no pickles).
+
+    Raises:
+        ArtifactError: a file is missing or the weights do not fit the config.
+
+    Example:
+        >>> model, config = load_sasrec("runs/sasrec")
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise ArtifactError(f"{path / name} is missing; save a trained SASRec there with save_sasrec")
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    try:
+        config = SASRecConfig(**meta["config"])
+    except (KeyError, TypeError) as error:
+        raise ArtifactError(f"{path / CONFIG_FILE}: not a SASRec config ({error})") from error
+    except ConfigError as error:
+        raise ArtifactError(f"{path / CONFIG_FILE}: {error}") from error
+    model = SASRec(int(meta["num_items"]), config)
+    try:
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    except RuntimeError as error:
+        raise ArtifactError(f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE}: {error}") from error
+    return model.eval(), config
