@@ -35,6 +35,10 @@ def register(subparsers) -> None:
     cf.add_argument("--data", required=True, help="prepared dataset folder")
     cf.add_argument("--out", required=True, help="output folder (cf_embeddings.safetensors, manifest.json)")
     cf.add_argument("--import", dest="import_path", default=None, help="import embeddings (.npy, .safetensors, .parquet) instead of training")
+    sasrec = cf.add_argument_group("SASRec training (default: the SASRecConfig defaults)")
+    for flag, field, kind, text in _SASREC_FLAGS:
+        sasrec.add_argument(flag, dest=f"sasrec_{field}", type=kind, default=None, help=text)
+    cf.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
     cf.set_defaults(func=run_cf)
 
     sem = sub.add_parser("semantic", help="text embeddings of every item text (cached)")
@@ -103,15 +107,60 @@ def _mlflow_run(run_name: str, params: dict, tags: dict | None = None) -> Iterat
         yield
 
 
-def run_cf(args: argparse.Namespace) -> int:
-    """``recsys tokenize cf``: delegate to :mod:`recsys.tokenizers.cf`."""
-    from recsys.tokenizers.cf import import_cf_embeddings, train_cf_embeddings
+#: (flag, SASRecConfig field, type, help) of the SASRec flags of ``recsys tokenize cf``.
+_SASREC_FLAGS = (
+    ("--epochs", "max_epochs", int, "most training epochs"),
+    ("--patience", "patience", int, "validation rounds without a better NDCG@10 before stopping"),
+    ("--dim", "hidden_size", int, "embedding size (the CF dimension)"),
+    ("--layers", "num_layers", int, "Transformer blocks"),
+    ("--heads", "num_heads", int, "attention heads"),
+    ("--max-len", "max_len", int, "history items read"),
+    ("--dropout", "dropout", float, "dropout of embeddings and residual branches"),
+    ("--lr", "lr", float, "Adam learning rate"),
+    ("--batch-size", "batch_size", int, "training samples per step"),
+    ("--seed", "seed", int, "seed of initialisation and shuffling"),
+    ("--accelerator", "accelerator", str, "Lightning accelerator (auto, cpu, gpu)"),
+)
 
+
+def _sasrec_config(args: argparse.Namespace):
+    from recsys.models.sasrec import SASRecConfig
+
+    given = {field: getattr(args, f"sasrec_{field}") for _, field, _, _ in _SASREC_FLAGS if getattr(args, f"sasrec_{field}", None) is not None}
+    return SASRecConfig(**given), given
+
+
+def run_cf(args: argparse.Namespace) -> int:
+    """``recsys tokenize cf``: train SASRec CF embeddings, or import external ones."""
+    from recsys.tokenizers.cf import cf_manifest, import_cf_embeddings, train_cf_embeddings
+
+    config, given = _sasrec_config(args)
     if args.import_path:
-        out = import_cf_embeddings(args.import_path, args.data, args.out)
+        if given:
+            raise ConfigError(f"--import takes no SASRec training flags (got {', '.join(sorted(given))})")
+        if args.no_mlflow:
+            out = import_cf_embeddings(args.import_path, args.data, args.out)
+        else:
+            import mlflow
+
+            with _mlflow_run("cf-import", {"data": args.data, "out": args.out, "import": args.import_path}):
+                out = import_cf_embeddings(args.import_path, args.data, args.out)
+                counts = cf_manifest(out)["counts"]
+                mlflow.log_metrics({k: float(v) for k, v in counts.items() if isinstance(v, (int, float))})
+                mlflow.log_artifact(str(Path(out) / "manifest.json"))
     else:
-        out = train_cf_embeddings(args.data, args.out)
-    print(f"CF embeddings written to {out}")
+        out = train_cf_embeddings(args.data, args.out, config, log_to_mlflow=not args.no_mlflow)
+    manifest = cf_manifest(out)
+    counts = manifest["counts"]
+    print(f"CF embeddings {tuple(manifest['shape'])} -> {out} ({counts['has_cf']} items with CF, {counts['no_cf']} zero vectors by the unseen-item rule)")
+    metrics = manifest.get("metrics")
+    if metrics:
+        valid, test = metrics["valid"], metrics["test"]
+        print(
+            f"SASRec best epoch {metrics['best_epoch']} of {metrics['epochs_run']} ({metrics['seconds_per_epoch']:.1f} s/epoch): "
+            f"valid NDCG@10 {valid['ndcg@10']:.4f} Recall@10 {valid['recall@10']:.4f}; "
+            f"test NDCG@10 {test['ndcg@10']:.4f} Recall@10 {test['recall@10']:.4f}"
+        )
     return 0
 
 

@@ -288,6 +288,8 @@ def fit_sasrec(
     config: SASRecConfig,
     out_dir: Path | None = None,
     log_to_mlflow: bool = True,
+    experiment: str = "sasrec",
+    run_name: str | None = None,
 ) -> SASRecFitResult:
     """Train SASRec on the train split, keep the best epoch on validation NDCG@10, test it.
 
@@ -296,7 +298,9 @@ def fit_sasrec(
         config: model and training settings.
         out_dir: when given, the trained model is saved there (:func:`save_sasrec`) with ``metrics.json``.
         log_to_mlflow: log params, per-epoch metrics, test metrics and the saved model to MLflow
-            (experiment ``sasrec``; store from ``MLFLOW_TRACKING_URI``).
+            (store from ``MLFLOW_TRACKING_URI``).
+        experiment: MLflow experiment name.
+        run_name: MLflow run name (default ``sasrec-<dataset folder>``).
 
     Example:
         >>> result = fit_sasrec(PreparedDataset.load("data/ml-100k"), SASRecConfig(max_epochs=5), log_to_mlflow=False)
@@ -310,7 +314,7 @@ def fit_sasrec(
         from recsys.tracking import flatten, lightning_logger
 
         logger = lightning_logger(
-            "sasrec", run_name=f"sasrec-{data.root.name}", tags={"dataset": data.fingerprint, "data_dir": str(data.root)}
+            experiment, run_name=run_name or f"sasrec-{data.root.name}", tags={"dataset": data.fingerprint, "data_dir": str(data.root)}
         )
         logger.log_hyperparams(
             flatten({**dataclasses.asdict(config), "num_items": data.num_items, "train_samples": len(datamodule.train)})

@@ -1,0 +1,425 @@
+"""CF item embeddings: SASRec trained on the train split, or imported from elsewhere.
+
+The CF token of an item (ARCHITECTURE.md section 3.1) projects a frozen collaborative
+embedding ``e_i``. This module makes those embeddings and stores them as an artifact:
+
+    recsys tokenize cf --data data/ml-100k --out artifacts/ml-100k/cf [--epochs 200 --dim 64]
+    recsys tokenize cf --data data/ml-100k --out artifacts/ml-100k/cf --import emb.parquet
+
+The folder holds ``cf_embeddings.safetensors`` with tensors ``embeddings`` float32
+(num_items, cf_dim) (row = item_idx) and ``has_cf`` uint8 (num_items,), plus
+``manifest.json`` (source, config, metrics, dataset fingerprint, sha256 of every file).
+A trained folder also keeps the SASRec model in ``sasrec/`` (reusable as the baseline).
+
+The unseen-item rule: an item without a train interaction (or, for an import, without a
+vector in the file) gets the zero vector and ``has_cf = 0``; never the leftover random
+initialisation of its embedding row. :func:`load_cf_embeddings` verifies the checksum
+and the rule before returning anything.
+
+Imports accept ``.npy`` (a 2-D float array, rows in item_idx order), ``.safetensors``
+(tensor ``embeddings``, or the only tensor, rows in item_idx order; an optional
+``has_cf`` tensor) and ``.parquet`` (an ``item_id`` column with the catalogue's source
+ids and one list column of vectors, named ``vector``/``embedding``/``embeddings`` or the
+only list column). Pickled files are refused.
+
+Example:
+    >>> train_cf_embeddings("data/ml-100k", "artifacts/ml-100k/cf")
+    >>> import_cf_embeddings("emb.parquet", "data/ml-100k", "artifacts/ml-100k/cf-imported")
+    >>> embeddings, has_cf = load_cf_embeddings("artifacts/ml-100k/cf")   # (1682, 64), (1682,) bool
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsys.errors import ArtifactError, ConfigError, DataFormatError, UnknownItemError
+from recsys.tokenizers.artifact_io import (
+    atomic_directory,
+    read_json,
+    read_safetensors_checked,
+    sha256_file,
+    write_json_atomic,
+)
+
+SCHEMA_VERSION = 1
+KIND = "cf_embeddings"
+EMBEDDINGS_FILE = "cf_embeddings.safetensors"
+MANIFEST_FILE = "manifest.json"
+SASREC_DIR = "sasrec"
+VECTOR_COLUMNS = ("vector", "embedding", "embeddings")
+IMPORT_SUFFIXES = (".npy", ".safetensors", ".parquet")
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def trained_items(data) -> np.ndarray:
+    """(num_items,) bool: True for items with at least one train interaction.
+
+    Args:
+        data: a :class:`recsys.pipelines.prepared.PreparedDataset`.
+    """
+    import polars as pl
+
+    seen = data.interactions.filter(pl.col("split") == "train")["item_idx"].unique().to_numpy()
+    mask = np.zeros(data.num_items, dtype=bool)
+    if seen.size and (seen.min() < 0 or seen.max() >= data.num_items):
+        raise ArtifactError(
+            f"{data.root / 'interactions.parquet'}: item_idx outside 0..{data.num_items - 1}; re-run `recsys data prepare`"
+        )
+    mask[seen] = True
+    return mask
+
+
+def apply_unseen_rule(embeddings: torch.Tensor, has_cf: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of ``embeddings`` whose rows with ``has_cf`` False are the zero vector.
+
+    Example:
+        >>> apply_unseen_rule(torch.ones(3, 2), torch.tensor([True, False, True]))[1]   # tensor([0., 0.])
+    """
+    out = embeddings.detach().to(torch.float32).cpu().clone()
+    out[~has_cf.bool().cpu()] = 0.0
+    return out
+
+
+# --------------------------------------------------------------------------- writing / reading
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    manifest = out_dir / MANIFEST_FILE
+    if manifest.is_file():
+        kind = read_json(manifest, "the output folder").get("kind")
+        if kind != KIND:
+            raise ArtifactError(
+                f"{out_dir} already holds another artifact (manifest kind {kind!r}); write the CF embeddings to a folder of their own"
+            )
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise ArtifactError(f"{out_dir} is a non-empty folder without a CF manifest; choose an empty or new --out folder")
+
+
+def write_cf_embeddings(
+    out_dir: str | Path,
+    embeddings: torch.Tensor,
+    has_cf: torch.Tensor,
+    data,
+    info: dict,
+    sasrec=None,
+) -> Path:
+    """Write the artifact atomically (the whole folder is swapped in at the end).
+
+    Args:
+        out_dir: target folder (replaced when it already holds CF embeddings).
+        embeddings: (num_items, dim) vectors; rows with ``has_cf`` False are written as zeros.
+        has_cf: (num_items,) bool.
+        data: the prepared dataset they belong to (fingerprint and item count).
+        info: extra manifest fields (``source``, ``config``, ``metrics``, ``counts``, ...).
+        sasrec: optional ``(model, config)`` saved under ``sasrec/``.
+
+    Example:
+        >>> write_cf_embeddings("out/cf", torch.zeros(4, 8), torch.zeros(4, dtype=torch.bool), data, {"source": "test"})
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    if embeddings.ndim != 2 or embeddings.shape[0] != data.num_items or has_cf.shape != (data.num_items,):
+        raise ArtifactError(
+            f"CF embeddings {tuple(embeddings.shape)} / has_cf {tuple(has_cf.shape)} do not fit the catalogue of "
+            f"{data.num_items} items of {data.root}"
+        )
+    vectors = apply_unseen_rule(embeddings, has_cf)
+    if not torch.isfinite(vectors).all():
+        bad = torch.nonzero(~torch.isfinite(vectors).all(dim=1)).flatten()[:5].tolist()
+        raise ArtifactError(f"CF embeddings contain NaN or infinite values (item_idx {bad}...); nothing was written")
+    flags = has_cf.bool().cpu().to(torch.uint8)
+    with atomic_directory(out_dir) as tmp:
+        save_file({"embeddings": vectors.contiguous(), "has_cf": flags.contiguous()}, str(tmp / EMBEDDINGS_FILE), metadata={"format": "setrec-cf-v1"})
+        files = {EMBEDDINGS_FILE: {"sha256": sha256_file(tmp / EMBEDDINGS_FILE)}}
+        if sasrec is not None:
+            from recsys.training.sasrec import save_sasrec
+
+            model, config = sasrec
+            save_sasrec(model, config, tmp / SASREC_DIR, extra=info.get("metrics"))
+            for name in sorted(p.name for p in (tmp / SASREC_DIR).iterdir()):
+                files[f"{SASREC_DIR}/{name}"] = {"sha256": sha256_file(tmp / SASREC_DIR / name)}
+        manifest = {
+            "kind": KIND,
+            "schema_version": SCHEMA_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dataset": {"path": str(Path(data.root).resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
+            "shape": list(vectors.shape),
+            "unseen_item_rule": "zero vector, has_cf = 0",
+            **info,
+            "counts": {"items": data.num_items, "has_cf": int(flags.sum()), "no_cf": int(data.num_items - flags.sum()), **info.get("counts", {})},
+            "files": files,
+        }
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+    return out_dir
+
+
+def cf_manifest(directory: str | Path) -> dict:
+    """The parsed ``manifest.json`` of a CF-embeddings folder, checked to be one."""
+    manifest = read_json(Path(directory) / MANIFEST_FILE, f"CF embeddings {directory}")
+    if manifest.get("kind") != KIND:
+        raise ArtifactError(f"{directory} does not hold CF embeddings (manifest kind {manifest.get('kind')!r}); run `recsys tokenize cf`")
+    return manifest
+
+
+def load_cf_embeddings(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a CF-embeddings folder after verifying its checksum, shapes and the unseen-item rule.
+
+    Args:
+        directory: folder written by ``recsys tokenize cf``.
+
+    Returns:
+        (embeddings float32 (num_items, dim), has_cf bool (num_items,)).
+
+    Example:
+        >>> embeddings, has_cf = load_cf_embeddings("artifacts/ml-100k/cf")
+    """
+    directory = Path(directory)
+    manifest = cf_manifest(directory)
+    path = directory / EMBEDDINGS_FILE
+    sha = manifest.get("files", {}).get(EMBEDDINGS_FILE, {}).get("sha256")
+    if sha is None:
+        raise ArtifactError(f"{directory / MANIFEST_FILE} records no sha256 of {EMBEDDINGS_FILE}; rebuild the CF embeddings")
+    tensors = read_safetensors_checked(path, sha)
+    for name in ("embeddings", "has_cf"):
+        if name not in tensors:
+            raise ArtifactError(f"{path} has no tensor {name!r} (found {sorted(tensors)}); rebuild it")
+    embeddings, flags = tensors["embeddings"], tensors["has_cf"]
+    if embeddings.dtype != torch.float32 or embeddings.ndim != 2:
+        raise ArtifactError(f"{path}: 'embeddings' must be float32 2-D, got {embeddings.dtype} {tuple(embeddings.shape)}")
+    if flags.shape != (embeddings.shape[0],):
+        raise ArtifactError(f"{path}: 'has_cf' has shape {tuple(flags.shape)}, expected ({embeddings.shape[0]},)")
+    if list(embeddings.shape) != list(manifest.get("shape", embeddings.shape)):
+        raise ArtifactError(f"{path}: shape {tuple(embeddings.shape)} differs from the manifest's {manifest.get('shape')}")
+    has_cf = flags.bool()
+    if embeddings[~has_cf].abs().sum() != 0:
+        raise ArtifactError(f"{path}: rows with has_cf = 0 must be zero vectors; rebuild the CF embeddings")
+    return embeddings, has_cf
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, log_to_mlflow: bool = True) -> Path:
+    """Train SASRec on the train split (early stopping on valid NDCG@10) and write its item embeddings.
+
+    Args:
+        data_dir: prepared dataset.
+        out_dir: output folder (``cf_embeddings.safetensors``, ``manifest.json``, ``sasrec/``).
+        config: :class:`recsys.models.sasrec.SASRecConfig` (default: the tuned defaults; ``hidden_size`` is the CF dim).
+        log_to_mlflow: log the training run (experiment ``tokenizers``, run ``cf``) with the artifact.
+
+    Returns:
+        ``out_dir``.
+
+    Example:
+        >>> train_cf_embeddings("data/ml-100k", "artifacts/ml-100k/cf", SASRecConfig(max_epochs=50))
+    """
+    from recsys.models.sasrec import SASRecConfig
+    from recsys.pipelines.prepared import PreparedDataset
+    from recsys.training.sasrec import fit_sasrec
+
+    config = config or SASRecConfig()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)  # fail before training, not after
+    data = PreparedDataset.load(data_dir)
+    result = fit_sasrec(data, config, log_to_mlflow=log_to_mlflow, experiment="tokenizers", run_name="cf")
+    has_cf = torch.from_numpy(trained_items(data))
+    info = {
+        "source": "sasrec",
+        "config": dataclasses.asdict(config),
+        "metrics": {
+            "valid": result.valid_metrics,
+            "test": result.test_metrics,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "seconds_per_epoch": result.seconds_per_epoch,
+        },
+        "mlflow_run_id": result.mlflow_run_id,
+    }
+    write_cf_embeddings(out_dir, result.model.item_embeddings(), has_cf, data, info, sasrec=(result.model, config))
+    if log_to_mlflow and result.mlflow_run_id:
+        from mlflow.tracking import MlflowClient
+
+        from recsys import tracking
+
+        tracking.configure()
+        client = MlflowClient()
+        client.log_metric(result.mlflow_run_id, "cf/items_without_cf", float((~has_cf).sum()))
+        client.log_artifacts(result.mlflow_run_id, str(out_dir), artifact_path="cf")
+    return out_dir
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _read_matrix_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(vectors, has_cf or None) of an .npy or .safetensors file; rows in item_idx order."""
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise DataFormatError(f"not a plain numeric .npy array ({error}); save it with np.save(allow_pickle=False)", path=path) from error
+        return array, None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataFormatError(f"not a readable safetensors file ({error})", path=path) from error
+    if "embeddings" in tensors:
+        array = tensors["embeddings"]
+    elif len(tensors) == 1:
+        array = next(iter(tensors.values()))
+    else:
+        raise DataFormatError(f"holds tensors {sorted(tensors)}; name the embedding tensor 'embeddings'", path=path)
+    flags = tensors.get("has_cf")
+    if flags is not None:
+        flags = np.asarray(flags).reshape(-1) != 0
+        if flags.shape != (array.shape[0],):
+            raise DataFormatError(f"'has_cf' has {flags.shape[0]} entries but 'embeddings' has {array.shape[0]} rows", path=path, column="has_cf")
+    return array, flags
+
+
+def _read_parquet_vectors(path: Path, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Vectors of a Parquet file placed in item_idx order by ``item_id``; missing ids get has_cf False."""
+    import polars as pl
+
+    try:
+        frame = pl.read_parquet(path)
+    except (pl.exceptions.ComputeError, OSError) as error:
+        raise DataFormatError(f"cannot read Parquet ({error})", path=path) from error
+    if "item_id" not in frame.columns:
+        raise DataFormatError(f"column 'item_id' is missing (found {frame.columns})", path=path, column="item_id")
+    list_columns = [c for c, t in frame.schema.items() if isinstance(t, (pl.List, pl.Array))]
+    named = [c for c in VECTOR_COLUMNS if c in frame.columns]
+    if named:
+        column = named[0]
+    elif len(list_columns) == 1:
+        column = list_columns[0]
+    else:
+        raise DataFormatError(
+            f"cannot tell which column holds the vectors (list columns: {list_columns}); name it 'vector'", path=path
+        )
+    ids = frame["item_id"].cast(pl.String).to_list()
+    null_ids = [row + 1 for row, v in enumerate(ids) if v is None]
+    if null_ids:
+        raise DataFormatError(f"{len(null_ids)} row(s) without item_id, e.g. rows {null_ids[:5]}", path=path, column="item_id")
+    seen: dict[str, int] = {}
+    duplicates = []
+    for row, item in enumerate(ids):
+        if item in seen:
+            duplicates.append(f"{item!r} (rows {seen[item] + 1} and {row + 1})")
+        seen[item] = row
+    if duplicates:
+        raise DataFormatError(f"{len(duplicates)} duplicate item_id(s), e.g. {', '.join(duplicates[:3])}; keep one vector per item", path=path, column="item_id")
+    index = {item: idx for idx, item in enumerate(item_ids)}
+    unknown = [item for item in ids if item not in index]
+    if unknown:
+        raise UnknownItemError(
+            f"{path}: {len(unknown)} item_id(s) are not in the catalogue (items.parquet), e.g. {unknown[:5]}; "
+            "remove them or prepare the dataset that contains them"
+        )
+    vectors = frame[column].to_list()
+    null_rows = [row + 1 for row, v in enumerate(vectors) if v is None]
+    if null_rows:
+        raise DataFormatError(f"{len(null_rows)} row(s) without a vector, e.g. rows {null_rows[:5]}; drop those rows instead", path=path, column=column)
+    lengths = {len(v) for v in vectors}
+    if len(lengths) > 1:
+        first = len(vectors[0])
+        bad = next(row for row, v in enumerate(vectors) if len(v) != first)
+        raise DataFormatError(f"vectors differ in length ({sorted(lengths)}), e.g. row {bad + 1} has {len(vectors[bad])} values and row 1 has {first}", path=path, column=column)
+    dim = lengths.pop() if lengths else 0
+    if dim == 0:
+        raise DataFormatError("no vectors (empty file or empty lists)", path=path, column=column)
+    try:
+        values = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise DataFormatError(f"vectors are not numeric ({error})", path=path, column=column) from error
+    out = np.zeros((len(item_ids), dim), dtype=np.float64)
+    flags = np.zeros(len(item_ids), dtype=bool)
+    rows = np.array([index[item] for item in ids], dtype=np.int64)
+    out[rows] = values
+    flags[rows] = True
+    return out, flags, {"file_rows": len(ids), "catalogue_items_missing_from_file": int(len(item_ids) - len(ids))}
+
+
+def import_cf_embeddings(path: str | Path, data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Import external CF embeddings (.npy, .safetensors, .parquet) as a CF-embeddings folder.
+
+    Rows of .npy / .safetensors files are items in item_idx order, so their row count must
+    equal the catalogue size; Parquet rows are matched by ``item_id``. An item gets
+    ``has_cf = 0`` (and the zero vector) when the file has no vector for it: an all-zero row,
+    ``has_cf`` 0 in a safetensors file, or an id absent from a Parquet file; the manifest
+    counts them, and counts the imported vectors of items without a train interaction.
+
+    Args:
+        path: the file to import.
+        data_dir: the prepared dataset whose catalogue the embeddings describe.
+        out_dir: output folder.
+
+    Raises:
+        DataFormatError: unreadable file, wrong shape, non-finite values, duplicate ids.
+        UnknownItemError: Parquet ids that are not in the catalogue.
+
+    Example:
+        >>> import_cf_embeddings("sasrec_items.npy", "data/ml-100k", "artifacts/ml-100k/cf")
+    """
+    from recsys.pipelines.prepared import PreparedDataset
+
+    path = Path(path)
+    out_dir = Path(out_dir)
+    if not path.is_file():
+        raise ConfigError(f"--import {path}: the file does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in IMPORT_SUFFIXES:
+        raise ConfigError(f"--import {path}: use {', '.join(IMPORT_SUFFIXES)} (pickles are refused)")
+    _check_out_dir(out_dir)
+    data = PreparedDataset.load(data_dir)
+    counts: dict = {}
+    if suffix == ".parquet":
+        item_ids = data.items["item_id"].cast(str).to_list()
+        array, flags, counts = _read_parquet_vectors(path, item_ids)
+    else:
+        array, flags = _read_matrix_file(path)
+        if array.ndim != 2:
+            raise DataFormatError(f"embeddings must be 2-D (num_items, dim), got shape {array.shape}", path=path)
+        if array.shape[0] != data.num_items:
+            raise DataFormatError(
+                f"has {array.shape[0]} rows but the catalogue of {data.root} has {data.num_items} items; rows must be "
+                "the items in item_idx order (items.parquet), or import a Parquet file with item_id and vector columns",
+                path=path,
+            )
+        if array.shape[1] == 0:
+            raise DataFormatError("embeddings have 0 columns", path=path)
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+            raise DataFormatError(f"embeddings must be real numbers, got dtype {array.dtype}", path=path)
+    array = np.asarray(array, dtype=np.float64)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)[:5].tolist()
+        raise DataFormatError(
+            f"{int((~finite).sum())} item(s) have NaN or infinite values, e.g. item_idx {bad}; use a zero row for an item without an embedding",
+            path=path,
+        )
+    nonzero = np.abs(array).sum(axis=1) > 0
+    flags = nonzero if flags is None else (flags & nonzero)
+    trained = trained_items(data)
+    counts.update(
+        {
+            "zero_or_missing_rows": int((~flags).sum()),
+            "imported_for_items_without_train_interaction": int((flags & ~trained).sum()),
+            "trained_items_without_vector": int((~flags & trained).sum()),
+        }
+    )
+    info = {"source": "import", "import": {"path": str(path.resolve()), "sha256": sha256_file(path), "format": suffix.lstrip(".")}, "counts": counts}
+    return write_cf_embeddings(out_dir, torch.from_numpy(array.astype(np.float32)), torch.from_numpy(flags), data, info)
