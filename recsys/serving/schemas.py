@@ -1,0 +1,122 @@
+"""Request and response models of the ranking service (pydantic), with the request limits.
+
+The limits are part of the OpenAPI schema, so clients (and the property tests) see them:
+a request past a limit is answered 422 naming the field (``loc`` in the error detail);
+a body past :data:`MAX_BODY_BYTES` is answered 413 before it is parsed.
+
+Example:
+    >>> RecommendRequest(history=["50", "172"], k=5).exclude_history
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+#: Largest request body, in bytes (1 MiB).
+MAX_BODY_BYTES = 1 << 20
+#: Most item ids in one history (the model keeps only its last ``max_len`` of them).
+MAX_HISTORY = 1000
+#: Most items one request may ask for.
+MAX_K = 1000
+#: Most ids in an exclude list or a candidate list.
+MAX_FILTER_IDS = 10000
+#: Most queries in one batch request.
+MAX_BATCH = 256
+#: Longest item id, and longest item text / title.
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 20000
+MAX_TITLE_CHARS = 1000
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Strict):
+    """One user's request: their history (source item ids, oldest first) and filters."""
+
+    history: list[ItemId] = Field(
+        ..., min_length=1, max_length=MAX_HISTORY, description="Source item ids the user interacted with, oldest first."
+    )
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    exclude_history: bool = Field(True, description="Leave the history's items out of the answer.")
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_FILTER_IDS, description="Item ids never to return.")
+    candidates: list[ItemId] | None = Field(
+        None, max_length=MAX_FILTER_IDS, description="When given, rank only these item ids."
+    )
+
+
+class BatchRecommendRequest(_Strict):
+    """Several independent recommend requests answered together."""
+
+    requests: list[RecommendRequest] = Field(..., min_length=1, max_length=MAX_BATCH)
+
+
+class ScoredItem(BaseModel):
+    """One recommended item."""
+
+    id: str = Field(..., description="Source item id.")
+    score: float = Field(..., description="Inner product of the query vector and the item vector (higher is better).")
+    title: str | None = Field(None, description="Display title from the catalogue.")
+
+
+class ModelInfo(BaseModel):
+    """Which model answered."""
+
+    name: str
+    version: str
+
+
+class RecommendResponse(BaseModel):
+    """Top items, best first."""
+
+    items: list[ScoredItem]
+    model: ModelInfo
+    unknown_items: list[str] = Field(
+        default_factory=list, description="Ids of the request not in the catalogue; they were ignored."
+    )
+
+
+class BatchRecommendResponse(BaseModel):
+    """One response per request, in order."""
+
+    results: list[RecommendResponse]
+
+
+class NewItem(_Strict):
+    """A catalogue item added at runtime from its text."""
+
+    id: ItemId = Field(..., description="New source item id (must not exist yet).")
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)] = Field(
+        ..., description="Item text, embedded by the bundle's text encoder (title, description, ...)."
+    )
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS)] | None = Field(None, description="Display title.")
+
+
+class ItemInfo(BaseModel):
+    """A catalogue item."""
+
+    id: str
+    index: int = Field(..., description="Row of the item in the token table.")
+    title: str | None = None
+    has_cf: bool = Field(..., description="False for items without training interactions (CF token = the unseen-item rule).")
+    added: bool = Field(..., description="True for items added at runtime.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong, and the field when one is to blame."""
+
+    detail: str | list
+    field: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    items: int | None = None
+    engine: str | None = None
+    model: ModelInfo | None = None

@@ -1,0 +1,379 @@
+"""The recommender core of the service: source item ids -> engine -> index -> scored items.
+
+:class:`Recommender` owns a bundle's model, an engine (:mod:`.engines`) that turns
+histories into query vectors, the FAISS :class:`~recsys.serving.index.ItemIndex` over the
+item vectors, and the item map (source id <-> row, titles). It answers batches of
+queries (the micro-batcher hands it whole batches) and adds items at runtime from their
+text: the bundle's text encoder embeds the text, the item encoder gives the semantic
+tokens and the CF token by the unseen-item rule, and the item is appended to the model's
+item encoder (so it may appear in histories) and to the index (so it is retrievable) at
+once. One lock orders searches and insertions.
+
+Example:
+    >>> rec = Recommender.from_bundle("bundles/setrec-ml100k", engine="torch")
+    >>> rec.recommend([Query(history=["50", "172"], k=5)])[0].items[0]
+    >>> rec.add_item("new-1", "A heist comedy set in 1920s Chicago", title="The Sting II")
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from recsys.errors import ArtifactError, ConfigError, SetrecError, UnknownItemError
+from recsys.serving.index import IndexConfig, ItemIndex
+
+
+class NoKnownHistoryError(UnknownItemError):
+    """No item of a history is in the catalogue: nothing to recommend from."""
+
+
+class DuplicateItemError(SetrecError):
+    """An item id that is already in the catalogue."""
+
+
+class TextEncoderUnavailableError(SetrecError):
+    """The bundle's text encoder cannot be loaded, so items cannot be added from text."""
+
+
+@dataclass
+class Query:
+    """One recommend request in source ids (see :class:`recsys.serving.schemas.RecommendRequest`)."""
+
+    history: Sequence[str]
+    k: int = 10
+    exclude_history: bool = True
+    exclude: Sequence[str] = ()
+    candidates: Sequence[str] | None = None
+
+
+@dataclass
+class Recommendation:
+    """Top items of one query, best first.
+
+    Attributes:
+        ids / scores / titles: the items.
+        unknown_items: ids of the query that are not in the catalogue (ignored).
+    """
+
+    ids: list[str]
+    scores: list[float]
+    titles: list[str | None]
+    unknown_items: list[str] = field(default_factory=list)
+
+
+def resolve_model(uri: str) -> tuple[Path, str, str]:
+    """A bundle directory with its model name and version, from a path or ``models:/name@alias``.
+
+    Registry URIs go through ``recsys.training.registry.resolve_model_uri`` when the
+    training package provides it, else through MLflow's ``download_artifacts``; the
+    version is the registered version number.
+
+    Raises:
+        ArtifactError: the URI cannot be resolved (the message says what to check).
+
+    Example:
+        >>> resolve_model("models:/setrec@champion")   # (Path(...), "setrec", "3")
+    """
+    if not uri.startswith("models:/"):
+        path = Path(uri)
+        if not path.is_dir():
+            raise ArtifactError(f"--bundle {uri}: no such directory; give a bundle directory or --model models:/NAME@ALIAS")
+        return path, path.resolve().name, _bundle_version(path)
+    spec = uri[len("models:/") :]
+    name, sep, ref = spec.partition("@")
+    if not sep:
+        name, _, ref = spec.partition("/")
+    if not name or not ref:
+        raise ArtifactError(f"--model {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    from recsys import tracking
+
+    tracking.configure()
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        version = (client.get_model_version_by_alias(name, ref) if sep else client.get_model_version(name, ref)).version
+    except Exception as error:  # mlflow raises MlflowException subclasses and connection errors
+        raise ArtifactError(
+            f"--model {uri}: not found in the registry at {tracking.tracking_uri()} ({error}); "
+            "register a bundle with `recsys register` or set MLFLOW_TRACKING_URI"
+        ) from error
+    try:
+        from recsys.training.registry import resolve_model_uri  # type: ignore[import-not-found]
+    except ImportError:
+        resolve_model_uri = None
+    try:
+        if resolve_model_uri is not None:
+            path = Path(resolve_model_uri(uri))
+        else:
+            import mlflow
+
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except SetrecError:
+        raise
+    except Exception as error:
+        raise ArtifactError(f"--model {uri}: could not fetch the bundle ({error})") from error
+    if not (path / "manifest.json").is_file():
+        nested = [p.parent for p in path.glob("*/manifest.json")]
+        if len(nested) == 1:
+            path = nested[0]
+    return path, name, str(version)
+
+
+def _bundle_version(path: Path) -> str:
+    import json
+
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        return "sha-" + manifest["files"]["model.safetensors"][:12]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+class Recommender:
+    """Ranks catalogue items for histories of source item ids.
+
+    Args:
+        model: the bundle's :class:`~recsys.models.setrec.SetRecModel` (eval mode).
+        engine: an engine over that model (``torch`` or ``vllm``).
+        index: item index over the model's flattened item token rows.
+        item_ids: source id of each item row.
+        titles: display title of each item row (None when unknown).
+        model_name / model_version: reported with every answer.
+        text_encoder: description of the text encoder (bundle manifest) for :meth:`add_item`.
+    """
+
+    def __init__(
+        self,
+        model,
+        engine,
+        index: ItemIndex,
+        item_ids: Sequence[str],
+        titles: Sequence[str | None],
+        model_name: str,
+        model_version: str,
+        text_encoder: dict | None = None,
+    ) -> None:
+        if len(item_ids) != len(index) or len(titles) != len(index):
+            raise ArtifactError(f"{len(item_ids)} item ids and {len(titles)} titles for an index of {len(index)} items")
+        self.model = model
+        self.engine = engine
+        self.index = index
+        self.model_name = model_name
+        self.model_version = model_version
+        self.text_encoder_info = dict(text_encoder or {})
+        self._ids: list[str] = [str(i) for i in item_ids]
+        self._row = {item: row for row, item in enumerate(self._ids)}
+        if len(self._row) != len(self._ids):
+            raise ArtifactError("the catalogue has duplicate item ids; re-run `recsys data prepare`")
+        self._titles: list[str | None] = list(titles)
+        self._added: list[bool] = [False] * len(self._ids)
+        self._lock = threading.RLock()
+        self._text_encoder = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        engine: str = "torch",
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        index_config: IndexConfig | None = None,
+        vllm_config=None,
+        check_table: bool = True,
+    ) -> "Recommender":
+        """Load and verify a bundle (checksums, schema version) and start an engine on it.
+
+        Args:
+            path: bundle directory.
+            engine: ``torch`` or ``vllm``.
+            model_name / model_version: reported in answers (default: folder name and model checksum).
+            index_config: how to index (default exact: the bundle's ``index.faiss`` as written).
+            vllm_config: :class:`~recsys.serving.engines.VllmEngineConfig` for ``engine="vllm"``.
+            check_table: verify that the stored item table equals the model's item table.
+
+        Raises:
+            ArtifactError / ConfigError: the bundle is invalid, or the engine cannot run it.
+        """
+        import polars as pl
+        from safetensors.torch import load_file
+
+        from recsys.bundle import load_bundle
+        from recsys.serving.engines import ENGINES, make_engine
+
+        if engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {ENGINES}, got {engine!r}")
+        path = Path(path)
+        model = load_bundle(path)
+        info = model.bundle
+        table = load_file(str(info.item_tokens_path))["tokens"].float()
+        if check_table:
+            with torch.no_grad():
+                computed = model.item_table().float()
+            if computed.shape != table.shape or not torch.allclose(computed, table, atol=1e-4, rtol=1e-4):
+                raise ArtifactError(f"{info.item_tokens_path} does not match the model's item table; re-export the bundle")
+        vectors = table.flatten(1).numpy()
+        if index_config is None or index_config.kind == "exact":
+            index = ItemIndex.load(info.index_path, vectors, index_config or IndexConfig())
+        else:
+            index = ItemIndex(vectors, index_config)
+        items = pl.read_parquet(info.items_path).sort("item_idx")
+        if items.height != table.shape[0] or items["item_idx"].to_list() != list(range(items.height)):
+            raise ArtifactError(f"{info.items_path}: item_idx must be 0..{table.shape[0] - 1}; re-export the bundle")
+        title_column = "title" if "title" in items.columns else "text" if "text" in items.columns else None
+        titles = items[title_column].cast(pl.String).to_list() if title_column else [None] * items.height
+        runner = make_engine(engine, model, info.beta, info.max_len, vllm_config)
+        return cls(
+            model,
+            runner,
+            index,
+            items["item_id"].cast(pl.String).to_list(),
+            titles,
+            model_name or path.resolve().name,
+            model_version or _bundle_version(path),
+            info.text_encoder,
+        )
+
+    # ------------------------------------------------------------------ catalogue
+    @property
+    def num_items(self) -> int:
+        return len(self._ids)
+
+    def item(self, item_id: str) -> dict:
+        """Catalogue entry of ``item_id``: id, index, title, has_cf, added.
+
+        Raises:
+            UnknownItemError: the id is not in the catalogue.
+        """
+        with self._lock:
+            row = self._row.get(item_id)
+            if row is None:
+                raise UnknownItemError(f"item {item_id!r} is not in the catalogue; add it with POST /v1/items")
+            has_cf = bool(self.model.item_encoder.has_cf[row])
+            return {"id": item_id, "index": row, "title": self._titles[row], "has_cf": has_cf, "added": self._added[row]}
+
+    def _rows(self, ids: Sequence[str], unknown: list[str], seen: set[str]) -> list[int]:
+        rows = []
+        for item in ids:
+            row = self._row.get(item)
+            if row is None:
+                if item not in seen:
+                    seen.add(item)
+                    unknown.append(item)
+            else:
+                rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ ranking
+    def recommend(self, queries: Sequence[Query]) -> list[Recommendation | SetrecError]:
+        """Answer a batch of queries with one engine call and one index search.
+
+        A query whose history has no known item gets a :class:`NoKnownHistoryError` in
+        its place (the others are answered); nothing raises for one bad query.
+
+        Example:
+            >>> rec.recommend([Query(["1", "2"], k=3), Query(["nope"])])   # [Recommendation, NoKnownHistoryError]
+        """
+        out: list[Recommendation | SetrecError | None] = [None] * len(queries)
+        histories, excludes, candidates, rows, unknowns = [], [], [], [], []
+        with self._lock:
+            for position, query in enumerate(queries):
+                unknown: list[str] = []
+                seen: set[str] = set()
+                history = self._rows(query.history, unknown, seen)
+                if not history:
+                    out[position] = NoKnownHistoryError(
+                        f"history: none of its {len(query.history)} item ids is in the catalogue "
+                        f"(e.g. {list(query.history)[:3]}); send ids of catalogue items"
+                    )
+                    continue
+                exclude = set(self._rows(query.exclude, unknown, seen))
+                if query.exclude_history:
+                    exclude.update(history)
+                pool = None if query.candidates is None else self._rows(query.candidates, unknown, seen)
+                histories.append(history)
+                excludes.append(exclude)
+                candidates.append(pool)
+                rows.append(position)
+                unknowns.append(unknown)
+            if histories:
+                vectors = self.engine.query_vectors(histories)
+                k = max(queries[p].k for p in rows)
+                found = self.index.search(vectors, k, excludes, candidates)
+                for i, position in enumerate(rows):
+                    take = queries[position].k
+                    ids = found.ids[i][:take].tolist()
+                    out[position] = Recommendation(
+                        ids=[self._ids[r] for r in ids],
+                        scores=[float(s) for s in found.scores[i][:take]],
+                        titles=[self._titles[r] for r in ids],
+                        unknown_items=unknowns[i],
+                    )
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ cold start
+    def _encoder(self):
+        """The bundle's text encoder, loaded on first use and checked against its fingerprint."""
+        if self._text_encoder is None:
+            from recsys.tokenizers.text_encoder import TextEncoder, TextEncoderConfig
+
+            info = self.text_encoder_info
+            if not info.get("path"):
+                raise TextEncoderUnavailableError("the bundle records no text encoder; items cannot be added from text")
+            try:
+                encoder = TextEncoder(
+                    TextEncoderConfig(path=info["path"], pooling=info.get("pooling"), normalize=info.get("normalize"), max_length=info.get("max_length"))
+                )
+            except ConfigError as error:
+                raise TextEncoderUnavailableError(f"the bundle's text encoder cannot be loaded: {error}") from error
+            if info.get("fingerprint") and encoder.fingerprint != info["fingerprint"]:
+                raise TextEncoderUnavailableError(
+                    f"text encoder at {info['path']} has fingerprint {encoder.fingerprint}, the bundle was built with "
+                    f"{info['fingerprint']}; install the same encoder"
+                )
+            if encoder.dim != self.model.item_encoder.text_embeddings.shape[1]:
+                raise TextEncoderUnavailableError(f"text encoder gives {encoder.dim}-d vectors, the model reads {self.model.item_encoder.text_embeddings.shape[1]}-d")
+            self._text_encoder = encoder
+        return self._text_encoder
+
+    def add_item(self, item_id: str, text: str, title: str | None = None) -> dict:
+        """Add an item from its text; retrievable (and usable in histories) when this returns.
+
+        Semantic tokens come from the bundle's autoencoder over the text embedding; the CF
+        token follows the unseen-item rule (zero CF embedding, so the projection bias).
+
+        Raises:
+            DuplicateItemError: the id exists.
+            TextEncoderUnavailableError: the bundle's text encoder cannot be loaded.
+        """
+        if item_id in self._row:
+            raise DuplicateItemError(f"id: item {item_id!r} is already in the catalogue")
+        encoder = self._encoder()
+        with self._lock:  # the text encoder is not thread-safe either
+            vector = torch.from_numpy(np.asarray(encoder.encode_batch([text]), dtype=np.float32))
+            if item_id in self._row:
+                raise DuplicateItemError(f"id: item {item_id!r} is already in the catalogue")
+            new = self.model.item_encoder.add_items(vector)
+            with torch.no_grad():
+                tokens = self.model._select(self.model.item_encoder(new)).float().cpu()
+            rows = self.index.add(tokens.flatten(1).numpy())
+            row = int(rows[0])
+            if row != int(new[0]):
+                raise ArtifactError(f"index row {row} and item encoder row {int(new[0])} differ; restart the service")
+            self._ids.append(item_id)
+            self._row[item_id] = row
+            self._titles.append(title)
+            self._added.append(True)
+            return self.item(item_id)
+
+    def close(self) -> None:
+        """Stop the engine."""
+        self.engine.close()
