@@ -1,0 +1,158 @@
+"""``recsys evaluate`` and ``recsys benchmark quality``: the evaluation area's subcommands.
+
+Commands:
+    recsys evaluate --bundle bundles/setrec-ml100k --data data/ml-100k [--split test] [--exclude-history] [--out DIR]
+    recsys benchmark quality --config configs/bench-ml100k.yaml [--seeds 3] [--out benchmarks/results]
+
+``recsys evaluate`` also accepts a saved SASRec (``save_sasrec``) or TIGER (``save_tiger``)
+folder as ``--bundle``; the kind is read from the folder's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recsys.errors import ArtifactError, ConfigError
+
+
+def _subcommands(subparsers, name: str, help_text: str):
+    """The sub-subparsers of ``name``, shared with another area that registered it first."""
+    existing = subparsers.choices.get(name)
+    if existing is not None:
+        for action in existing._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+    parser = subparsers.add_parser(name, help=help_text)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="BENCHMARK", required=True)
+
+
+def register(subparsers) -> None:
+    """Add ``evaluate`` and ``benchmark quality``."""
+    ev = subparsers.add_parser(
+        "evaluate",
+        help="evaluate one trained model on a prepared dataset (full ranking, groups, per-user Parquet)",
+        description="Full-ranking Recall/NDCG/HR/MRR@5/10/20 of one model, overall and per group "
+        "(warm/cold gold items, popularity terciles, history-length buckets).",
+    )
+    ev.add_argument("--bundle", required=True, help="model bundle folder (set identifiers), or a saved SASRec / TIGER folder")
+    ev.add_argument("--data", required=True, help="prepared dataset folder the model was trained on")
+    ev.add_argument("--split", default="test", choices=("valid", "test"), help="split to evaluate (default test)")
+    ev.add_argument("--exclude-history", action="store_true", help="never rank the user's history items (gold items stay rankable)")
+    ev.add_argument("--batch-size", type=int, default=256, help="users per model call (default 256)")
+    ev.add_argument("--out", default=None, help="folder for per_user.parquet, summary.json and summary.md")
+    ev.set_defaults(func=run_evaluate)
+
+    bench = _subcommands(subparsers, "benchmark", "benchmarks: quality (this area)")
+    quality = bench.add_parser(
+        "quality",
+        help="train every method of a config with several seeds and compare them in one harness",
+    )
+    quality.add_argument("--config", required=True, help="benchmark YAML, e.g. configs/bench-ml100k.yaml")
+    quality.add_argument("--seeds", type=int, default=None, help="use the first N seeds of the config (default: all)")
+    quality.add_argument("--out", default="benchmarks/results", help="folder of quality-<dataset>.json/.md/.png")
+    quality.add_argument("--methods", default=None, help="comma-separated subset of the config's method names")
+    quality.add_argument("--work-dir", default=None, help="override the config's work_dir")
+    quality.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    quality.set_defaults(func=run_quality)
+
+
+def load_recommender(path: str | Path):
+    """A :class:`Recommender` for a saved model folder: set-identifier bundle, SASRec or TIGER.
+
+    Raises:
+        ArtifactError: the folder holds none of them.
+    """
+    from recsys.evaluation.methods import bundle_recommender
+    from recsys.evaluation.recommenders import RankingRecommender, ScoringRecommender
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not a folder; give a model bundle (set identifiers) or a saved SASRec / TIGER folder")
+    if (path / "manifest.json").is_file():
+        from recsys.bundle import load_bundle
+
+        return bundle_recommender("setrec", load_bundle(path))
+    if (path / "codes.safetensors").is_file():
+        from recsys.training.tiger import load_tiger
+
+        model = load_tiger(path)
+        return RankingRecommender("tiger", model.rank, model.num_items, max_k=model.config.beam_size)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        from recsys.models.sasrec import SASRec
+        from recsys.training.sasrec import load_sasrec
+
+        model, config = load_sasrec(path)
+        return ScoringRecommender("sasrec", lambda h: model.score(SASRec.pad_histories(h, config.max_len)), model.num_items)
+    raise ArtifactError(
+        f"{path} holds no model: expected manifest.json (bundle), codes.safetensors (TIGER) or config.json + "
+        "model.safetensors (SASRec)"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``recsys evaluate``."""
+    from recsys.evaluation.evaluate import evaluate
+    from recsys.evaluation.groups import ItemGroups
+    from recsys.evaluation.report import summary_markdown
+    from recsys.pipelines.prepared import PreparedDataset
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    data = PreparedDataset.load(args.data)
+    recommender = load_recommender(args.bundle)
+    if recommender.num_items != data.num_items:
+        raise ArtifactError(
+            f"{args.bundle} scores {recommender.num_items} items but {args.data} has {data.num_items}; "
+            "evaluate a model on the dataset it was trained on"
+        )
+    examples = data.eval_examples(args.split)
+    if len(examples) == 0:
+        raise ArtifactError(f"{args.data}: the {args.split} split has no user with a history and a gold item")
+    result = evaluate(recommender, examples, ItemGroups.from_dataset(data), exclude_history=args.exclude_history,
+                      batch_size=args.batch_size)
+    table = summary_markdown(result.summary, result.counts)
+    print(f"{recommender.name} on {args.data} ({args.split}, {result.num_users} users, "
+          f"{'history excluded' if args.exclude_history else 'history rankable'}): "
+          f"{result.seconds_per_1000_users:.3f} s inference per 1,000 users")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.per_user.write_parquet(out / "per_user.parquet")
+        (out / "summary.json").write_text(json.dumps({
+            "method": recommender.name, "bundle": str(args.bundle), "data": str(args.data), "split": args.split,
+            "exclude_history": args.exclude_history, "users": result.num_users, "summary": result.summary,
+            "counts": result.counts, "inference_seconds_per_1000_users": result.seconds_per_1000_users,
+        }, indent=2, default=lambda v: None))
+        (out / "summary.md").write_text(table)
+        print(f"wrote {out / 'per_user.parquet'}, {out / 'summary.json'}, {out / 'summary.md'}")
+    return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Handler of ``recsys benchmark quality``."""
+    from recsys.evaluation.benchmark import load_benchmark_config, run_benchmark
+
+    config = load_benchmark_config(args.config)
+    if args.seeds is not None:
+        if not 1 <= args.seeds <= len(config.seeds):
+            raise ConfigError(f"--seeds must lie in 1..{len(config.seeds)} (the config lists seeds {config.seeds})")
+        config.seeds = config.seeds[: args.seeds]
+    if args.methods:
+        wanted = [name.strip() for name in args.methods.split(",") if name.strip()]
+        known = {m.name: m for m in config.methods}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise ConfigError(f"--methods: {unknown} are not in {args.config} (methods: {sorted(known)})")
+        config.methods = [known[name] for name in wanted]
+    if args.work_dir:
+        config.work_dir = args.work_dir
+    command = "recsys benchmark quality " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["benchmark", "quality"] else None
+    report = run_benchmark(config, out_dir=args.out, log_to_mlflow=not args.no_mlflow, command=command)
+    eff = report.get("efficiency") or {}
+    print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.dataset} in {report['meta']['seconds']} s"
+          + (f"; beam search / set identifiers inference time: {eff['beam_over_reference']:.1f}x" if eff else ""))
+    return 0
