@@ -6,10 +6,12 @@ attention (a reference implementation and the fused path, tested equal), the blo
 the model.
 
 Inputs are item indices (``item_idx`` of the prepared dataset, 0-based). Histories are
-LEFT-padded with :data:`PAD` (-1) so the most recent item is always the last column;
-positions count backwards from it (0 = the most recent item), so a history padded to
-any length up to ``max_len`` gets the same scores. Internally item ``i`` is token
-``i + 1`` and token 0 is padding.
+LEFT-padded with :data:`PAD` (-1) so the most recent item is always the last column.
+Positions count the real items from the oldest one kept (0 = the oldest of the at most
+``max_len`` items read), as in RecBole, so a history padded to any width gets the same
+scores, and the hidden state after item t of a window is exactly the state of the prefix
+ending at t: one causal pass scores every prefix of a window (the fast training path).
+Internally item ``i`` is token ``i + 1`` and token 0 is padding.
 
 Layers follow the original post-norm Transformer block used by the SASRec
 implementations people compare against: ``x = LN(x + Drop(Attn(x)))``,
@@ -66,8 +68,17 @@ class SASRecConfig:
     """Adam learning rate."""
     weight_decay: float = 0.0
     """Adam weight decay (L2)."""
+    train_samples: str = "windows"
+    """How training targets are batched. "prefixes": the reference (RecBole's protocol), one
+    sample per target with its own history of at most ``max_len`` items. "windows": the fast
+    path, one causal pass per window of ``max_len`` items scores many targets at once; every
+    target is scored once per epoch, as with "prefixes", and a target's history is the same
+    whenever the user has at most ``max_len`` earlier train items (later ones see at least
+    ``max_len - window_stride + 1`` of them)."""
+    window_stride: int = 25
+    """"windows" only: new targets per window after a user's first window (1 = exactly the prefixes; capped at ``max_len``)."""
     batch_size: int = 256
-    """Training samples per step (one sample = one target position with its prefix)."""
+    """Training rows per step: target prefixes ("prefixes") or windows ("windows")."""
     eval_batch_size: int = 1024
     """Users per batch when scoring the full catalogue for validation and test."""
     max_epochs: int = 200
@@ -97,13 +108,16 @@ class SASRecConfig:
             "eval_batch_size": self.eval_batch_size > 0,
             "max_epochs": self.max_epochs > 0,
             "patience": self.patience > 0,
+            "train_samples": self.train_samples in ("prefixes", "windows"),
+            "window_stride": self.window_stride > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(
                 f"SASRecConfig: invalid value of {', '.join(bad)} "
                 f"({', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}); "
-                "sizes must be positive, num_heads must divide hidden_size, dropouts lie in [0, 1)"
+                "sizes must be positive, num_heads must divide hidden_size, dropouts lie in [0, 1), "
+                "train_samples is 'prefixes' or 'windows', window_stride > 0"
             )
 
 
@@ -213,13 +227,14 @@ class SASRec(nn.Module):
     def forward(self, histories: torch.Tensor) -> torch.Tensor:
         """Hidden state after every position: (B, L) left-padded item indices -> (B, L, hidden).
 
-        Position t only sees positions <= t (causal); padding is never attended to.
+        Position t only sees positions <= t (causal); padding is never attended to. Rows
+        must be left-padded (padding only before the first real item).
         """
         if histories.shape[1] > self.config.max_len:
             histories = histories[:, -self.config.max_len :]
         tokens = histories + 1  # PAD (-1) -> 0, item i -> i + 1
         length = tokens.shape[1]
-        positions = torch.arange(length - 1, -1, -1, device=tokens.device)  # 0 = most recent column
+        positions = ((tokens != 0).cumsum(dim=1) - 1).clamp(min=0)  # 0 = oldest real item of the row
         x = self.item_embedding(tokens) + self.position_embedding(positions)
         x = self.embed_dropout(self.embed_norm(x))
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()

@@ -86,6 +86,60 @@ class PrefixBatches:
         return torch.from_numpy(histories), torch.from_numpy(self.items[target_pos])
 
 
+class WindowBatches:
+    """Collate function of the fast path: windows of ``max_len`` items scoring many targets in one causal pass.
+
+    A user's first window holds the items before each of their first ``max_len`` targets, so
+    those targets get exactly their prefix-protocol history. Each later window ends at a
+    target ``window_stride`` further on, and only its targets not scored before count, so
+    every target is scored once per epoch with at least ``max_len - window_stride + 1``
+    history items. Returns ``(histories (B, W), targets (B, W))``, targets -1 where a
+    position is padding or was scored by an earlier window.
+
+    Args:
+        sequences: each user's train items, oldest first.
+        max_len: window length (the model's ``max_len``).
+        stride: new targets per later window (1 reproduces :class:`PrefixBatches` exactly).
+    """
+
+    def __init__(self, sequences: list[list[int]], max_len: int, stride: int) -> None:
+        if stride < 1:
+            raise ConfigError(f"window stride must be >= 1, got {stride}")
+        stride = min(stride, max_len)
+        self.items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else np.zeros(0, np.int64)
+        starts, ends, firsts = [], [], []  # window inputs items[start:end]; targets items[start+1:end+1], counted from first
+        offset = 0
+        for seq in sequences:
+            last = offset + len(seq) - 1  # flat index of the last target
+            if len(seq) >= 2:
+                end = min(offset + max_len, last)  # exclusive end of inputs; targets up to index end
+                starts.append(offset); ends.append(end); firsts.append(offset + 1)
+                covered = end
+                while covered < last:
+                    target_end = min(covered + stride, last)
+                    starts.append(target_end - max_len); ends.append(target_end); firsts.append(covered + 1)
+                    covered = target_end
+            offset += len(seq)
+        self.starts, self.ends, self.firsts = (np.asarray(a, dtype=np.int64) for a in (starts, ends, firsts))
+        self.max_len = max_len
+        self.num_targets = int(sum(max(len(s) - 1, 0) for s in sequences))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        starts, ends, firsts = self.starts[idx], self.ends[idx], self.firsts[idx]
+        width = int((ends - starts).max())
+        pos = ends[:, None] - np.arange(width, 0, -1)[None, :]  # input positions, left-padded
+        valid = pos >= starts[:, None]
+        histories = np.where(valid, self.items[np.maximum(pos, 0)], PAD)
+        target_pos = pos + 1
+        scored = valid & (target_pos >= firsts[:, None])
+        targets = np.where(scored, self.items[np.minimum(target_pos, len(self.items) - 1)], -1)
+        return torch.from_numpy(histories), torch.from_numpy(targets)
+
+
 class EvalBatches:
     """Collate function for evaluation: padded histories and the first gold item of each example."""
 
@@ -128,7 +182,10 @@ class SASRecDataModule(L.LightningDataModule):
         self.data = data
         self.config = config
         sequences = data.train_sequences()
-        self.train = PrefixBatches(sequences, config.max_len)
+        if config.train_samples == "windows":
+            self.train = WindowBatches(sequences, config.max_len, config.window_stride)
+        else:
+            self.train = PrefixBatches(sequences, config.max_len)
         if len(self.train) == 0:
             raise ArtifactError(
                 f"{data.root}: no user has two or more train interactions, so SASRec has nothing to learn from; "
@@ -155,6 +212,25 @@ class SASRecDataModule(L.LightningDataModule):
 # --------------------------------------------------------------------------- model
 
 
+def sasrec_loss(model: SASRec, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean full-softmax cross-entropy of a batch of either protocol.
+
+    Args:
+        model: the SASRec model.
+        histories: (B, W) left-padded items.
+        targets: (B,) the next item of each history (:class:`PrefixBatches`), or (B, W) the
+            next item after every position, -1 where not scored (:class:`WindowBatches`).
+
+    Example:
+        >>> loss = sasrec_loss(model, *WindowBatches(sequences, 50, 25)(range(8)))
+    """
+    if targets.ndim == 1:
+        return F.cross_entropy(model.score(histories), targets)
+    hidden = model(histories)
+    scored = targets >= 0
+    return F.cross_entropy(model.logits(hidden[scored]), targets[scored])
+
+
 class SASRecModule(L.LightningModule):
     """Lightning wrapper: full-softmax cross-entropy training, full-ranking validation.
 
@@ -171,8 +247,8 @@ class SASRecModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         histories, targets = batch
-        loss = F.cross_entropy(self.model.score(histories), targets)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        loss = sasrec_loss(self.model, histories, targets)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int((targets >= 0).sum()))
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -317,7 +393,7 @@ def fit_sasrec(
             experiment, run_name=run_name or f"sasrec-{data.root.name}", tags={"dataset": data.fingerprint, "data_dir": str(data.root)}
         )
         logger.log_hyperparams(
-            flatten({**dataclasses.asdict(config), "num_items": data.num_items, "train_samples": len(datamodule.train)})
+            flatten({**dataclasses.asdict(config), "num_items": data.num_items, "train_rows": len(datamodule.train)})
         )
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
