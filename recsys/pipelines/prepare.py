@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,15 +35,16 @@ from recsys.errors import ConfigError, DataFormatError
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.readers import FORMATS, read_source
 from recsys.pipelines.source import SourceTables
+from recsys.pipelines.ids import encode_ids
 from recsys.pipelines.steps import (
     SPLIT_DTYPE,
     SPLITS,
-    code_ids,
+    drop_duplicate_events,
     drop_repeats,
     filter_min_rating,
     kcore_mask,
     loo_splits,
-    natural_order,
+    order_events,
     temporal_splits,
 )
 from recsys.pipelines.tables import LINE
@@ -119,22 +121,26 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
     rows_read = events.height + sum(log.dropped.values())
     items, dropped_item_ids = check_items(tables, log, max_text_chars=config.max_text_chars)
     items_read = None if items is None else items.height + sum(log.items_dropped.values())
-    events = check_known_items(events, items, tables, log, dropped_item_ids)
+
+    # Integer codes in the natural order of the source ids; catalogue items take part.
+    user_codes, user_keys = encode_ids(events["user_id"])
+    item_codes, item_keys = encode_ids(events["item_id"], None if items is None else items["item_id"])
+    events = events.with_columns(pl.Series("_u", user_codes), pl.Series("_i", item_codes)).drop("user_id", "item_id")
+    events = order_events(events)  # by user, time, source line: kept from here on
+    events = drop_duplicate_events(events, log, tables.interactions_file).drop("_key", strict=False)
+    in_catalogue = np.zeros(len(item_keys), dtype=bool)
+    if items is not None:
+        in_catalogue = item_keys.is_in(items["item_id"].implode()).to_numpy()
+        dropped = item_keys.is_in(dropped_item_ids.implode()).to_numpy()
+        events = check_known_items(events, in_catalogue, dropped, item_keys, tables, log)
     require_any_rows(events, tables.interactions_file, "interaction")
     events = filter_min_rating(events, config.min_rating, log)
     events = drop_repeats(events, config.repeats, log)
+    require_any_rows(events, tables.interactions_file, "interaction")
 
-    # Integer codes in the natural order of the source ids; catalogue items take part.
-    seen_items = events["item_id"]
-    all_items = seen_items if items is None else pl.concat([seen_items, items["item_id"]])
-    user_keys = natural_order(events["user_id"])
-    item_keys = natural_order(all_items)
-    events = code_ids(events, "user_id", user_keys, "_u")
-    events = code_ids(events, "item_id", item_keys, "_i")
-    users_code = events["_u"].to_numpy()
-    items_code = events["_i"].to_numpy()
-
-    keep = kcore_mask(users_code, items_code, config.kcore)
+    ever_seen = np.zeros(len(item_keys), dtype=bool)
+    ever_seen[events["_i"].to_numpy()] = True
+    keep = kcore_mask(events["_u"].to_numpy(), events["_i"].to_numpy(), config.kcore)
     log.count("kcore", int((~keep).sum()))
     events = events.filter(pl.Series(keep))
     require_any_rows(events, tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
@@ -142,13 +148,8 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
     # Kept items: those with a kept event, plus catalogue items that never had an event.
     item_has_event = np.zeros(len(item_keys), dtype=bool)
     item_has_event[events["_i"].to_numpy()] = True
-    catalogue_only = np.zeros(len(item_keys), dtype=bool)
+    catalogue_only = in_catalogue & ~ever_seen
     if items is not None:
-        in_catalogue = np.zeros(len(item_keys), dtype=bool)
-        in_catalogue[code_ids(items.select("item_id"), "item_id", item_keys, "_i")["_i"].to_numpy()] = True
-        ever_seen = np.zeros(len(item_keys), dtype=bool)
-        ever_seen[code_ids(pl.DataFrame({"item_id": seen_items}), "item_id", item_keys, "_i")["_i"].to_numpy()] = True
-        catalogue_only = in_catalogue & ~ever_seen
         if config.catalogue_only == "drop":
             log.count("catalogue_only", int(catalogue_only.sum()), items=True)
             catalogue_only[:] = False
@@ -159,10 +160,11 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
     user_kept[events["_u"].to_numpy()] = True
     user_new = np.cumsum(user_kept) - 1
 
+    # New ids keep the order of the codes, so the (user, time, line) order still holds.
     events = events.with_columns(
         pl.Series("user_idx", user_new[events["_u"].to_numpy()], dtype=pl.Int32),
         pl.Series("item_idx", item_new[events["_i"].to_numpy()], dtype=pl.Int32),
-    ).sort(["user_idx", "ts", LINE])
+    )
 
     facts: dict = {"rows_read": rows_read, "items_read": items_read, "catalogue_only_items": int(catalogue_only.sum())}
     if "split" in events.columns:
@@ -170,7 +172,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         facts["split"] = "source"
     elif config.split == "loo":
         codes, short = loo_splits(events["user_idx"].to_numpy())
-        split_codes = pl.Series(np.asarray(SPLITS)[codes])
+        split_codes = pl.Series(SPLITS, dtype=SPLIT_DTYPE).gather(codes)
         facts["split"] = "loo"
         facts["loo_users_without_valid_test"] = short
     else:
@@ -180,7 +182,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
                 "a temporal split needs timestamps. Use --split loo."
             )
         codes, cuts = temporal_splits(events["ts"].to_numpy(), config.valid_fraction, config.test_fraction)
-        split_codes = pl.Series(np.asarray(SPLITS)[codes])
+        split_codes = pl.Series(SPLITS, dtype=SPLIT_DTYPE).gather(codes)
         facts["split"] = "temporal"
         facts["temporal_cuts"] = cuts
     interactions = events.select(
@@ -274,7 +276,10 @@ def prepare(config: PrepareConfig) -> dict:
     path, fmt = _resolve_source(config)
     log = RowLog(config.on_bad_rows)
     tables = read_source(path, fmt, log)
-    interactions, items, users, facts = build_tables(tables, config, log)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps the steps
+        hashes = pool.map(_sha256, tables.files)
+        interactions, items, users, facts = build_tables(tables, config, log)
+        hashes = list(hashes)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": "",
@@ -283,7 +288,9 @@ def prepare(config: PrepareConfig) -> dict:
             "path": str(path.resolve()),
             "format": tables.format,
             "ts_kind": tables.ts_kind,
-            "files": [{"path": str(f.resolve()), "sha256": _sha256(f), "bytes": f.stat().st_size} for f in tables.files],
+            "files": [
+                {"path": str(f.resolve()), "sha256": digest, "bytes": f.stat().st_size} for f, digest in zip(tables.files, hashes)
+            ],
             **({"notes": tables.notes} if tables.notes else {}),
         },
         "parameters": {**asdict(config), "split_used": facts["split"], **({"temporal_cuts": facts["temporal_cuts"]} if "temporal_cuts" in facts else {})},

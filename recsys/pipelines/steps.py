@@ -36,19 +36,23 @@ def filter_min_rating(events: pl.DataFrame, min_rating: float | None, log: RowLo
     return events.filter(keep)
 
 
-def drop_repeats(events: pl.DataFrame, policy: str, log: RowLog) -> pl.DataFrame:
+def drop_repeats(events: pl.DataFrame, policy: str, log: RowLog, *, user: str = "_u", item: str = "_i") -> pl.DataFrame:
     """Repeated (user, item) pairs: "keep" them all, or keep only the "first" by (ts, line).
 
+    Args:
+        events: events sorted by (user, ts, line) (see :func:`order_events`).
+        policy: "keep" or "first".
+        log: counts the repeats dropped (``repeat_interaction``).
+        user, item: the id (or code) columns.
+
     Example:
-        >>> drop_repeats(events, "first", RowLog()).height
+        >>> drop_repeats(order_events(events), "first", RowLog()).height
     """
     if policy == "keep":
         return events
     if policy != "first":
         raise ConfigError(f"repeats must be 'keep' or 'first', got {policy!r}")
-    ordered = events.sort(["ts", LINE])
-    first = pl.struct("user_id", "item_id").is_first_distinct()
-    kept = ordered.filter(first).sort(LINE)
+    kept = events.filter(pl.struct(user, item).is_first_distinct())
     log.count("repeat_interaction", events.height - kept.height)
     return kept
 
@@ -71,6 +75,95 @@ def code_ids(events: pl.DataFrame, column: str, keys: pl.Series, code: str) -> p
     """Add integer column ``code``: the position of ``events[column]`` in ``keys``."""
     table = pl.DataFrame({column: keys}).with_row_index(code)
     return events.join(table, on=column, how="left", maintain_order="left")
+
+
+def order_events_reference(events: pl.DataFrame) -> pl.DataFrame:
+    """Sort events by user code ``_u``, then ``ts``, then source line (the stable tie-break)."""
+    return events.sort(["_u", "ts", LINE])
+
+
+def order_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Same order as :func:`order_events_reference`, by one stable sort on a packed int64 key.
+
+    ``_u * span + (ts - min ts)`` orders like (``_u``, ``ts``) when it fits in int64; a stable
+    sort of rows already in line order then breaks ties by line. The sorted key is kept as
+    column ``_key`` (equal keys: same user and ts; :func:`duplicate_events` uses it). When the
+    key does not fit, the reference runs.
+
+    Example:
+        >>> order_events(pl.DataFrame({"_line": [1, 2], "_u": [1, 0], "ts": [5, 9]}))["_line"].to_list()
+        [2, 1]
+    """
+    if events.height == 0:
+        return events
+    if not events[LINE].is_sorted():
+        events = events.sort(LINE)
+    users = events["_u"].to_numpy()
+    ts = events["ts"].to_numpy()
+    low, high = int(ts.min()), int(ts.max())
+    span = high - low + 1
+    if int(users.max()) + 1 > (np.iinfo(np.int64).max - span) // span:
+        return order_events_reference(events)
+    key = users.astype(np.int64)  # in place from here: fewer large temporaries
+    key *= span
+    key -= low
+    key += ts
+    ordered = pl.DataFrame({"_key": key}).with_row_index("_row").sort("_key", maintain_order=True)
+    return events[ordered["_row"]].with_columns(ordered["_key"])
+
+
+def duplicate_events_reference(events: pl.DataFrame) -> pl.Series:
+    """Mask of events repeating an earlier line's user, item and ts exactly (events in any order)."""
+    by_line = events.with_row_index("_row").sort(LINE)
+    later = by_line.select("_row", (~pl.struct("_u", "_i", "ts").is_first_distinct()).alias("dup"))
+    return later.sort("_row")["dup"]
+
+
+def duplicate_events(events: pl.DataFrame) -> pl.Series:
+    """Same mask as :func:`duplicate_events_reference` for events sorted by :func:`order_events`.
+
+    Exact duplicates share (user, ts), so they sit in runs of equal (user, ts); only the
+    rows of runs longer than one are hashed.
+    """
+    mask = np.zeros(events.height, dtype=bool)
+    if events.height < 2:
+        return pl.Series("dup", mask)
+    if "_key" in events.columns:
+        key = events["_key"].to_numpy()
+        same = key[1:] == key[:-1]
+    else:
+        users = events["_u"].to_numpy()
+        ts = events["ts"].to_numpy()
+        same = (users[1:] == users[:-1]) & (ts[1:] == ts[:-1])
+    in_run = np.zeros(events.height, dtype=bool)
+    in_run[1:] |= same
+    in_run[:-1] |= same
+    rows = np.flatnonzero(in_run)
+    if len(rows):
+        candidates = events.select("_u", "_i", "ts")[rows].select(~pl.struct("_u", "_i", "ts").is_first_distinct())
+        mask[rows] = candidates.to_series().to_numpy()
+    return pl.Series("dup", mask)
+
+
+def drop_duplicate_events(events: pl.DataFrame, log: RowLog, path) -> pl.DataFrame:
+    """Report (policy "error") or drop and count (``duplicate_event``) exact repeats of an earlier line.
+
+    Args:
+        events: events sorted by :func:`order_events`, with ``_u``, ``_i``, ``ts``, ``_line``.
+        log: the bad-row policy and counts.
+        path: the interactions file, for the message.
+    """
+    dup = duplicate_events(events)
+    if not dup.any():
+        return events
+    later = events.filter(dup).sort(LINE)
+    first = later.row(0, named=True)
+    original = events.filter(
+        (pl.col("_u") == first["_u"]) & (pl.col("_i") == first["_i"]) & (pl.col("ts") == first["ts"])
+    )[LINE].min()
+    detail = f"the same user, item and ts as line {original} (a duplicate event)"
+    log.bad("duplicate_event", later.height, path=path, line=first[LINE], column="item_id", detail=detail)
+    return events.filter(~dup)
 
 
 def kcore_reference(users: list[int], items: list[int], k: int) -> list[bool]:
@@ -108,13 +201,18 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         return keep
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
-    while True:
-        user_count = np.bincount(users[keep], minlength=n_users)
-        item_count = np.bincount(items[keep], minlength=n_items)
-        bad = keep & ((user_count[users] < k) | (item_count[items] < k))
-        if not bad.any():
+    users, items = users.astype(np.int32, copy=False), items.astype(np.int32, copy=False)
+    user_count = np.bincount(users, minlength=n_users)
+    item_count = np.bincount(items, minlength=n_items)
+    while True:  # each round removes the events of users and items below k, then updates the counts
+        bad = (user_count < k)[users] | (item_count < k)[items]  # small boolean tables: cache-friendly
+        bad &= keep
+        removed = np.flatnonzero(bad)
+        if len(removed) == 0:
             return keep
-        keep &= ~bad
+        keep[removed] = False
+        user_count -= np.bincount(users[removed], minlength=n_users)
+        item_count -= np.bincount(items[removed], minlength=n_items)
 
 
 def loo_splits(user_idx: np.ndarray) -> tuple[np.ndarray, int]:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys.errors import DataFormatError
+from recsys.pipelines.ids import canonical_ints
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import TEXT_FIELDS, SourceTables
 from recsys.pipelines.tables import LINE, REPLACEMENT_CHAR, require_columns
@@ -94,8 +96,8 @@ def _report(frame: pl.DataFrame, path: Path, log: RowLog, *, items: bool) -> pl.
 def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
     """Type the interactions (user_id, item_id str; ts int64; rating f64; split str) and drop bad rows.
 
-    Exact duplicates (same user, item and ts) are bad rows too: the later copies are
-    reported. Returns the collected frame with ``_line`` kept for the tie-break.
+    Returns the collected frame in line order (ids that are all canonical integers as Int64) with ``_line`` kept for the tie-break. Exact
+    duplicate events are found later, on integer codes (:func:`~recsys.pipelines.steps.drop_duplicate_events`).
 
     Args:
         tables: a reader's output.
@@ -133,23 +135,54 @@ def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
     if has_split:
         bad_split = ~_text("split").str.to_lowercase().is_in(SPLIT_VALUES)
         checks.append(("bad_value", "split", bad_split, pl.col("split")))
-    collected = frame.select(*typed, *_flags(checks)).collect()
-    events = _report(collected, path, log, items=False)
+    raw = frame.select(LINE, *[pl.col(c).cast(pl.String) for c in data_columns]).collect()
+    fast = _typed_if_clean(raw, has_rating=has_rating, has_split=has_split)
+    if fast is not None:
+        return fast
+    collected = raw.lazy().select(*typed, *_flags(checks)).collect()
+    return _report(collected, path, log, items=False)
 
-    keys = ["user_id", "item_id", "ts"]
-    repeated = ~pl.struct(keys).is_first_distinct()
-    duplicates = events.sort(LINE).with_columns(repeated.alias("_dup")).filter("_dup")
-    if duplicates.height:
-        line = duplicates[LINE][0]
-        first = events.filter(
-            (pl.col("user_id") == duplicates["user_id"][0])
-            & (pl.col("item_id") == duplicates["item_id"][0])
-            & (pl.col("ts") == duplicates["ts"][0])
-        )[LINE].min()
-        detail = f"the same user, item and ts as line {first} (a duplicate event)"
-        log.bad("duplicate_event", duplicates.height, path=path, line=line, column="item_id", detail=detail)
-        events = events.sort(LINE).filter(~repeated)
-    return events
+
+def _typed_if_clean(raw: pl.DataFrame, *, has_rating: bool, has_split: bool) -> pl.DataFrame | None:
+    """The typed events when no row of ``raw`` is bad and no value needs cleaning, else None.
+
+    The fast path of :func:`check_interactions`: the same output as the row checks when they
+    would find nothing, from a few vectorised tests (ids as canonical integers or clean
+    distinct strings, integer ts, numeric ratings, exact split names). Ids that are all
+    canonical integers come back as Int64: their text is exactly ``str(id)``.
+    """
+    ids = {}
+    for column in ("user_id", "item_id"):
+        values = raw[column]
+        if values.null_count():
+            return None
+        ints = canonical_ints(values)
+        if ints is not None:
+            ids[column] = pl.Series(column, ints)
+            continue
+        distinct = values.unique()
+        clean = (
+            (distinct.str.strip_chars() == distinct)
+            & (distinct.str.len_bytes() > 0)
+            & ~distinct.str.contains(REPLACEMENT_CHAR, literal=True)
+        )
+        if not clean.all():
+            return None
+        ids[column] = values
+    ts = raw["ts"].cast(pl.Int64, strict=False)
+    if ts.null_count():
+        return None
+    columns = [raw[LINE], ids["user_id"], ids["item_id"], ts]
+    if has_rating:
+        rating = raw["rating"].cast(pl.Float64, strict=False)
+        if rating.null_count() != raw["rating"].null_count():
+            return None
+        columns.append(rating)
+    if has_split:
+        if not raw["split"].is_in(SPLIT_VALUES).all():
+            return None
+        columns.append(raw["split"])
+    return pl.DataFrame(columns)
 
 
 def check_items(
@@ -210,26 +243,32 @@ def check_items(
 
 
 def check_known_items(
-    events: pl.DataFrame, items: pl.DataFrame | None, tables: SourceTables, log: RowLog, dropped_item_ids: pl.Series | None = None
+    events: pl.DataFrame, listed: np.ndarray, dropped: np.ndarray, keys: pl.Series, tables: SourceTables, log: RowLog
 ) -> pl.DataFrame:
     """Drop (or raise for) interactions naming items the item file does not list.
 
     Interactions of items dropped from the item file as bad rows are counted as ``item_dropped``.
+
+    Args:
+        events: events with item codes ``_i``.
+        listed: per item code, whether the (checked) item file lists it.
+        dropped: per item code, whether the item file had it on a row dropped as bad.
+        keys: the item id of each code (for the message).
+        tables: the source, for messages.
+        log: the bad-row policy and counts.
     """
-    if items is None:
+    codes = events["_i"].to_numpy()
+    known = listed[codes]
+    if known.all():
         return events
-    unknown = events.join(items.select("item_id"), on="item_id", how="anti")
-    if unknown.height == 0:
-        return events
-    if dropped_item_ids is not None and dropped_item_ids.len():
-        of_dropped = unknown.filter(pl.col("item_id").is_in(dropped_item_ids.implode()))
-        log.count("item_dropped", of_dropped.height)
-        unknown = unknown.filter(~pl.col("item_id").is_in(dropped_item_ids.implode()))
+    of_dropped = ~known & dropped[codes]
+    log.count("item_dropped", int(of_dropped.sum()))
+    unknown = events.filter(pl.Series(~known & ~of_dropped))
     if unknown.height:
         first = unknown.sort(LINE).row(0, named=True)
-        detail = f"item {first['item_id']!r} is not in the item file {tables.items_file}"
+        detail = f"item {keys[first['_i']]!r} is not in the item file {tables.items_file}"
         log.bad("unknown_item", unknown.height, path=tables.interactions_file, line=first[LINE], column="item_id", detail=detail)
-    return events.join(items.select("item_id"), on="item_id", how="semi", maintain_order="left")
+    return events.filter(pl.Series(known))
 
 
 def require_any_rows(frame: pl.DataFrame, path: Path, what: str) -> None:

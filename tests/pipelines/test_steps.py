@@ -15,6 +15,7 @@ from recsys.pipelines.steps import (
     kcore_reference,
     loo_splits,
     natural_order,
+    order_events,
     temporal_splits,
 )
 from recsys.pipelines.text import assemble_text, clean_field
@@ -69,13 +70,12 @@ def test_natural_order_numeric_and_text():
 
 def test_min_rating_and_repeats_are_counted():
     events = pl.DataFrame(
-        {"_line": [2, 3, 4, 5], "user_id": ["u", "u", "u", "v"], "item_id": ["a", "b", "a", "a"],
-         "ts": [1, 2, 3, 1], "rating": [5.0, 1.0, 4.0, 3.0]}
+        {"_line": [2, 3, 4, 5], "_u": [0, 0, 0, 1], "_i": [0, 1, 0, 0], "ts": [1, 2, 3, 1], "rating": [5.0, 1.0, 4.0, 3.0]}
     )
     log = RowLog("drop")
     kept = filter_min_rating(events, 3.0, log)
     assert kept["_line"].to_list() == [2, 4, 5]
-    kept = drop_repeats(kept, "first", log)
+    kept = drop_repeats(order_events(kept), "first", log)
     assert kept["_line"].to_list() == [2, 5]
     assert dict(log.dropped) == {"below_min_rating": 1, "repeat_interaction": 1}
     assert drop_repeats(events, "keep", log).height == 4
