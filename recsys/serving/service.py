@@ -70,9 +70,8 @@ class Recommendation:
 def resolve_model(uri: str) -> tuple[Path, str, str]:
     """A bundle directory with its model name and version, from a path or ``models:/name@alias``.
 
-    Registry URIs go through ``recsys.training.registry.resolve_model_uri`` when the
-    training package provides it, else through MLflow's ``download_artifacts``; the
-    version is the registered version number.
+    Registry URIs are downloaded by ``recsys.training.registry.resolve_model_uri``; the
+    version is the registered version number (``recsys register``).
 
     Raises:
         ArtifactError: the URI cannot be resolved (the message says what to check).
@@ -104,25 +103,9 @@ def resolve_model(uri: str) -> tuple[Path, str, str]:
             f"--model {uri}: not found in the registry at {tracking.tracking_uri()} ({error}); "
             "register a bundle with `recsys register` or set MLFLOW_TRACKING_URI"
         ) from error
-    try:
-        from recsys.training.registry import resolve_model_uri  # type: ignore[import-not-found]
-    except ImportError:
-        resolve_model_uri = None
-    try:
-        if resolve_model_uri is not None:
-            path = Path(resolve_model_uri(uri))
-        else:
-            import mlflow
+    from recsys.training.registry import resolve_model_uri
 
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except SetrecError:
-        raise
-    except Exception as error:
-        raise ArtifactError(f"--model {uri}: could not fetch the bundle ({error})") from error
-    if not (path / "manifest.json").is_file():
-        nested = [p.parent for p in path.glob("*/manifest.json")]
-        if len(nested) == 1:
-            path = nested[0]
+    path = Path(resolve_model_uri(uri))
     return path, name, str(version)
 
 
