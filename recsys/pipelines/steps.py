@@ -67,7 +67,8 @@ def natural_order(ids: pl.Series) -> pl.Series:
     unique = ids.unique()
     as_int = unique.cast(pl.Int64, strict=False)
     if as_int.null_count() == 0 and unique.str.strip_chars().str.len_chars().eq(unique.str.len_chars()).all():
-        return pl.DataFrame({"id": unique, "n": as_int}).sort("n")["id"].rename(ids.name)
+        # Equal numbers ("7", "07") are ordered by their text, so the order never depends on hashing.
+        return pl.DataFrame({"id": unique, "n": as_int}).sort(["n", "id"])["id"].rename(ids.name)
     return unique.sort()
 
 

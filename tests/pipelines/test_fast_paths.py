@@ -1,0 +1,142 @@
+"""Each fast path of ``recsys data prepare`` against its plain reference, on random data with ties."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.pipelines.ids import canonical_ints, encode_ids, encode_ids_reference
+from recsys.pipelines.issues import RowLog
+from recsys.pipelines.source import SourceTables
+from recsys.pipelines.steps import (
+    duplicate_events,
+    duplicate_events_reference,
+    kcore_mask,
+    kcore_reference,
+    order_events,
+    order_events_reference,
+)
+from recsys.pipelines.validate import _typed_if_clean, check_interactions
+
+
+def _ids(rng, kind: str, n: int) -> list[str]:
+    values = rng.integers(0, 50, n)
+    if kind == "ints":
+        return [str(v) for v in values]
+    if kind == "negative":
+        return [str(v - 25) for v in values]
+    if kind == "huge":  # range too wide for the lookup table
+        return [str(v * 10**15) for v in values]
+    if kind == "padded":  # "07" and "7" are different ids that sort together
+        return [f"{v:02d}" if v % 3 == 0 else str(v) for v in values]
+    return [f"id{v}" for v in values]
+
+
+@pytest.mark.parametrize("kind", ["ints", "negative", "huge", "padded", "text"])
+@pytest.mark.parametrize("seed", range(3))
+def test_encode_ids_equals_reference(kind, seed):
+    rng = np.random.default_rng(seed)
+    values = pl.Series("item_id", _ids(rng, kind, 300))
+    extra = pl.Series("item_id", _ids(rng, kind, 20))
+    for other in (None, extra):
+        codes, keys = encode_ids(values, other)
+        ref_codes, ref_keys = encode_ids_reference(values, other)
+        assert keys.to_list() == ref_keys.to_list()
+        assert codes.tolist() == ref_codes.tolist()
+        assert keys.gather(codes).to_list() == values.to_list()
+
+
+def test_encode_ids_accepts_integer_columns_and_mixed_catalogues():
+    codes, keys = encode_ids(pl.Series("u", [30, 4, 30]))
+    assert codes.tolist() == [1, 0, 1] and keys.to_list() == ["4", "30"]
+    # Integer events with a catalogue whose ids are not canonical integers: text order throughout.
+    codes, keys = encode_ids(pl.Series("i", [5, 10]), pl.Series("i", ["x"]))
+    assert keys.to_list() == ["10", "5", "x"] and codes.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [(["7", "-12", "0"], [7, -12, 0]), (["007"], None), (["+3"], None), ([" 3"], None), (["-0"], None), (["3.0"], None), (["a"], None)],
+)
+def test_canonical_ints(values, expected):
+    found = canonical_ints(pl.Series(values))
+    assert (None if found is None else found.tolist()) == expected
+
+
+def _events(rng, n: int, *, users: int = 20, items: int = 15, days: int = 6) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "_line": np.arange(2, n + 2),
+            "_u": rng.integers(0, users, n),
+            "_i": rng.integers(0, items, n),
+            "ts": 1_600_000_000 + rng.integers(0, days, n) * 86_400,  # many ties and exact duplicates
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_order_and_duplicates_equal_reference(seed):
+    rng = np.random.default_rng(seed)
+    events = _events(rng, 500)
+    ordered = order_events(events)
+    assert ordered.drop("_key").equals(order_events_reference(events))
+    dup = duplicate_events(ordered)
+    assert dup.sum() > 0
+    assert dup.to_list() == duplicate_events_reference(ordered).to_list()
+    # Without the packed key column the same mask comes from (user, ts).
+    assert duplicate_events(ordered.drop("_key")).to_list() == dup.to_list()
+
+
+def test_order_falls_back_when_the_key_overflows():
+    events = pl.DataFrame({"_line": [1, 2, 3], "_u": [2, 0, 0], "ts": [0, 2**62, -(2**62)], "_i": [0, 0, 0]})
+    assert order_events(events)["_line"].to_list() == [3, 2, 1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kcore_equals_reference_on_dense_ties(seed):
+    rng = np.random.default_rng(seed)
+    events = _events(rng, 2000, users=150, items=300)
+    users, items = events["_u"].to_numpy(), events["_i"].to_numpy()
+    for k in (3, 5, 8):
+        assert kcore_mask(users, items, k).tolist() == kcore_reference(users.tolist(), items.tolist(), k)
+
+
+def _tables(frame: pl.DataFrame) -> SourceTables:
+    return SourceTables("generic", frame.lazy(), None)
+
+
+@pytest.mark.parametrize("ids", ["ints", "text"])
+def test_clean_row_check_equals_the_row_by_row_check(ids):
+    rng = np.random.default_rng(0)
+    n = 200
+    raw = pl.DataFrame(
+        {
+            "_line": np.arange(2, n + 2),
+            "user_id": _ids(rng, ids, n),
+            "item_id": _ids(rng, ids, n),
+            "ts": [str(v) for v in rng.integers(0, 10**9, n)],
+            "rating": [str(v) for v in rng.integers(1, 6, n).astype(float)],
+            "split": rng.choice(["train", "valid", "test"], n).tolist(),
+        }
+    )
+    fast = _typed_if_clean(raw, has_rating=True, has_split=True)
+    assert fast is not None
+    checked = check_interactions(_tables(raw), RowLog("error"))
+    reference = raw.with_columns(pl.col("ts").cast(pl.Int64), pl.col("rating").cast(pl.Float64))
+    expected_ids = pl.Int64 if ids == "ints" else pl.String
+    assert fast.schema["user_id"] == expected_ids and checked.schema["user_id"] == expected_ids
+    assert fast.with_columns(pl.col("user_id", "item_id").cast(pl.String)).equals(reference)
+    assert checked.equals(fast)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("user_id", " 5"), ("user_id", ""), ("item_id", "a\ufffd"), ("ts", "1.5e3"), ("ts", " 7"), ("rating", "x"), ("split", "Train")],
+)
+def test_anything_unusual_leaves_the_fast_path(column, value):
+    raw = pl.DataFrame(
+        {"_line": [2, 3], "user_id": ["1", "2"], "item_id": ["a", "b"], "ts": ["5", "6"], "rating": ["1", "2"], "split": ["train", "test"]}
+    )
+    raw = raw.with_columns(pl.when(pl.col("_line") == 3).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
+    assert _typed_if_clean(raw, has_rating=True, has_split=True) is None
