@@ -352,7 +352,8 @@ def run_demo(config: DemoConfig) -> DemoOutcome:
         steps.start(f"serve models:/setrec@{alias} and send one request")
         answer = _ask_service(f"models:/setrec@{alias}", config.engine, history_ids, config.k, report_dir / "service.log")
         recommended = [item.get("title") or item["id"] for item in answer["items"]]
-        print(f"model {answer.get('model')} version {answer.get('version')}; unknown items: {answer.get('unknown_items')}")
+        model = answer.get("model", {})
+        print(f"answered by {model.get('name')} version {model.get('version')}; unknown history items: {answer.get('unknown_items')}")
 
     steps.start("write the report")
     sample = _sample_markdown(user_idx, [titles[i] for i in history], recommended)
