@@ -1,7 +1,7 @@
 """``recsys tokenize ...``: build the item tokenizers' artifacts from a prepared dataset.
 
 Commands:
-    recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf [--import emb.npy]
+    recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf [--epochs 200 --dim 64 ...] [--import emb.npy]
     recsys tokenize semantic --data data/ml-100k --out art/ml-100k/semantic [--encoder DIR]
     recsys tokenize ids --data data/ml-100k --semantic art/ml-100k/semantic --out art/ml-100k/ids
     recsys tokenize table --data data/ml-100k --cf art/ml-100k/cf --semantic art/ml-100k/semantic \\
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     cf.add_argument("--import", dest="import_path", default=None, help="import embeddings (.npy, .safetensors, .parquet) instead of training")
     sasrec = cf.add_argument_group("SASRec training (default: the SASRecConfig defaults)")
     for flag, field, kind, text in _SASREC_FLAGS:
-        sasrec.add_argument(flag, dest=f"sasrec_{field}", type=kind, default=None, help=text)
+        sasrec.add_argument(flag, dest=f"sasrec_{field}", type=kind, default=None, help=text, metavar=flag.lstrip("-").upper().replace("-", "_"))
     cf.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
     cf.set_defaults(func=run_cf)
 
@@ -119,6 +119,7 @@ _SASREC_FLAGS = (
     ("--lr", "lr", float, "Adam learning rate"),
     ("--batch-size", "batch_size", int, "training samples per step"),
     ("--seed", "seed", int, "seed of initialisation and shuffling"),
+    ("--train-samples", "train_samples", str, "'windows' (fast path) or 'prefixes' (reference batching)"),
     ("--accelerator", "accelerator", str, "Lightning accelerator (auto, cpu, gpu)"),
 )
 

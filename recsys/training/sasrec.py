@@ -2,7 +2,12 @@
 
 Protocol (the RecBole sequential protocol): every target position of a user's train
 sequence is one training sample whose input is the (at most ``max_len``) items before it;
-the loss is full-softmax cross-entropy over the whole catalogue. Validation and test score
+the loss is full-softmax cross-entropy over the whole catalogue. :class:`PrefixBatches` is
+that protocol written plainly (the reference, ``train_samples="prefixes"``);
+:class:`WindowBatches` is the fast path (the default): one causal pass over a window of
+``max_len`` items scores every target in it, so each epoch still scores every target once,
+with the same history whenever the user has at most ``max_len`` earlier train items (tests
+hold the two equal; with ``window_stride=1`` they are identical). Validation and test score
 the full catalogue for each user with ``recsys.evaluation.metrics`` (batched, ties count
 against the gold item) and exclude nothing: items already in the history stay rankable,
 as in RecBole's full-sort evaluation of sequential models. When a split holds several
