@@ -87,12 +87,16 @@ class TigerModule(L.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
         return loss
 
-    def on_train_epoch_end(self) -> None:
+    def validate_epoch(self) -> dict[str, float]:
+        """Beam-search metrics on the valid split, logged as ``valid/<metric>``; called by :class:`_BestWeights`
+        at the end of every training epoch (Lightning runs plain callbacks' epoch-end hooks before the
+        module's, so validating in the module's own hook would hand the callback the previous epoch's score)."""
         metrics = evaluate_tiger(self.model, self.valid, self.config.eval_batch_size)
         self.model.train()
         for name, value in metrics.items():
             if name.startswith(("ndcg", "recall", "mrr")):
                 self.log(f"valid/{name}", value, prog_bar=name == "ndcg@10")
+        return metrics
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -114,11 +118,12 @@ class _BestWeights(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self._start)
-        score = float(trainer.callback_metrics.get(MONITOR, -float("inf")))
+        metrics = pl_module.validate_epoch()  # this epoch's weights, this epoch's score
+        score = float(metrics.get(MONITOR.removeprefix("valid/"), -float("inf")))
         if score > self.best_score:
             self.best_score = score
             self.best_epoch = trainer.current_epoch
-            self.best_metrics = {k.removeprefix("valid/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")}
+            self.best_metrics = {k: float(v) for k, v in metrics.items() if k.startswith(("ndcg", "recall", "mrr"))}
             self.state = copy.deepcopy(pl_module.model.state_dict())
 
 

@@ -69,3 +69,36 @@ def write_prepared(root: Path, sequences: list[list[int]], num_items: int, split
                   "user_id": [f"U{u}" for u in range(len(sequences))]}).write_parquet(root / "users.parquet")
     (root / "manifest.json").write_text(json.dumps({"schema_version": 1, "fingerprint": f"test{len(rows):012d}"}))
     return root
+
+
+def tiny_bert(path: Path) -> Path:
+    """A random one-layer BERT (32-d) with the bundled MiniLM tokenizer: a fast real text encoder folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from recsys.tokenizers.text_encoder import default_encoder_path
+
+    if (path / "config.json").is_file():
+        return path
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(default_encoder_path())).save_pretrained(path)
+    return path
+
+
+def holdout_sequences(num_users: int = 16, pool: int = 10, train_len: int = 5) -> tuple[list[list[int]], int, set[int], set[int]]:
+    """Sequences whose valid and test items occur nowhere else (each user has their own two).
+
+    Returns:
+        (sequences, num_items, valid items, test items): any of those items in a training
+        sample is leakage, whatever the model.
+    """
+    sequences, valid, test = [], set(), set()
+    for user in range(num_users):
+        train = [(user + step) % pool for step in range(train_len)]
+        v, t = pool + user, pool + num_users + user
+        sequences.append(train + [v, t])
+        valid.add(v)
+        test.add(t)
+    return sequences, pool + 2 * num_users, valid, test
