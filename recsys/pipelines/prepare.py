@@ -4,9 +4,11 @@ Command:
     recsys data prepare --source ml-100k --out data/ml-100k --kcore 0 --split loo
 
 Steps: read (lazy scans; one collect per table after typing and row checks), drop or
-raise on bad rows, filter ratings, handle repeats, iterative k-core on integer codes,
-order each user's events by time with the source line as the stable tie-break,
-contiguous ids (natural order of the source ids), splits, warm/cold labels, item text.
+raise on bad rows, integer codes for the source ids (natural order), order each user's
+events by time with the source line as the stable tie-break, drop duplicate events and
+events of unknown items, filter ratings, handle repeats, iterative k-core, contiguous ids,
+splits, warm/cold labels, item text. From the codes on, every step works on integer
+columns; the source files are hashed for the manifest in a thread meanwhile.
 The output is written to a temporary directory beside ``--out`` and renamed into place,
 so an interrupted run never leaves a half-written dataset.
 

@@ -1,8 +1,9 @@
 """The cleaning and shaping steps of ``recsys data prepare``, each a small function.
 
-Order: rating filter, repeats, integer codes, iterative k-core, chronological order with the
-source line as the stable tie-break, contiguous ids, splits. Every step that removes rows
-counts them in the :class:`~recsys.pipelines.issues.RowLog`.
+Order (see :mod:`recsys.pipelines.prepare`): chronological order with the source line as the
+stable tie-break, duplicate events, rating filter, repeats, iterative k-core, splits. Steps
+with a fast path keep a plain ``*_reference`` twin that tests hold equal. Every step that
+removes rows counts them in the :class:`~recsys.pipelines.issues.RowLog`.
 
 Example:
     >>> keep = kcore_mask(np.array([0, 0, 1]), np.array([0, 1, 0]), k=2)

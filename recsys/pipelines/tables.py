@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -111,8 +112,9 @@ def read_jsonl(path: str | Path, fields: list[str], log: RowLog, *, items: bool 
 
     Values that are not strings (numbers, lists) are kept as their JSON text; lists are
     flattened later by the item-text step. Broken lines (invalid UTF-8, truncated or invalid
-    JSON, not an object) raise a located error under policy "error" and are dropped and
-    counted under "drop".
+    JSON, not an object) raise a located error under policy "error" (the column is the field
+    holding the bad bytes, or the field being read where the JSON breaks off) and are
+    dropped and counted under "drop".
 
     Args:
         path: the ``.jsonl``/``.json`` file (one object per line).
@@ -142,10 +144,34 @@ def _has_blank_lines(path: Path) -> bool:
     return b"\n\n" in data or data.startswith(b"\n") or b"\n\r\n" in data
 
 
+#: A JSON object key followed by its colon.
+_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
+
+
+def _field_at(text: str, position: int) -> str | None:
+    """The key of the JSON field being read at ``position`` of one line (the last key before it)."""
+    keys = _JSON_KEY.findall(text[:position])
+    return keys[-1] if keys else None
+
+
+def _field_with_bad_bytes(raw: bytes) -> str | None:
+    """The key whose value holds the invalid UTF-8 bytes of one JSON line, when the line still parses."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return _field_at(text, text.find(REPLACEMENT_CHAR))
+    if isinstance(value, dict):
+        for key, field in value.items():
+            if REPLACEMENT_CHAR in key or REPLACEMENT_CHAR in json.dumps(field, ensure_ascii=False):
+                return key
+    return None
+
+
 def _read_jsonl_line_by_line(path: Path, schema: dict, log: RowLog, *, items: bool) -> pl.LazyFrame:
     good: list[bytes] = []
     lines: list[int] = []
-    problems: dict[str, list[tuple[int, str]]] = {}
+    problems: dict[str, list[tuple[int, str | None, str]]] = {}
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -155,24 +181,25 @@ def _read_jsonl_line_by_line(path: Path, schema: dict, log: RowLog, *, items: bo
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 problems.setdefault("bad_utf8", []).append(
-                    (number, f"invalid UTF-8 byte at position {error.start}; save the file as UTF-8")
+                    (number, _field_with_bad_bytes(raw), f"invalid UTF-8 byte at position {error.start}; save the file as UTF-8")
                 )
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as error:
                 problems.setdefault("bad_json", []).append(
-                    (number, f"invalid JSON ({error.msg} at character {error.pos}); the line may be truncated")
+                    (number, _field_at(text, error.pos),
+                     f"invalid JSON ({error.msg} at character {error.pos}); the line may be truncated")
                 )
                 continue
             if not isinstance(value, dict):
-                problems.setdefault("bad_json", []).append((number, "the line is not a JSON object"))
+                problems.setdefault("bad_json", []).append((number, None, "the line is not a JSON object"))
                 continue
             good.append(raw.rstrip(b"\r\n"))
             lines.append(number)
     for reason, found in sorted(problems.items(), key=lambda kv: kv[1][0][0]):
-        line, detail = found[0]
-        log.bad(reason, len(found), path=path, line=line, column=None, detail=detail, items=items)
+        line, column, detail = found[0]
+        log.bad(reason, len(found), path=path, line=line, column=column, detail=detail, items=items)
     if good:
         frame = pl.read_ndjson(io.BytesIO(b"\n".join(good)), schema=schema)
     else:

@@ -55,13 +55,13 @@ CORPUS = {
     ),
     "invalid_utf8_items": (
         {"interactions.csv": HEADER + GOOD_EVENTS, "items.jsonl": _items().encode() + b'{"item_id": "d", "title": "caf\xe9"}\n'},
-        ("items.jsonl", 4, None, "bad_utf8"),
+        ("items.jsonl", 4, "title", "bad_utf8"),
         {},
         {"bad_utf8": 1},
     ),
     "truncated_json_line": (
         {"interactions.csv": HEADER + GOOD_EVENTS + "u3,d,1\n", "items.jsonl": _items() + '{"item_id": "d", "title": "Dri'},
-        ("items.jsonl", 4, None, "bad_json"),
+        ("items.jsonl", 4, "title", "bad_json"),
         {"unknown_item": 1},  # item d's line is unreadable, so u3's event names an unknown item
         {"bad_json": 1},
     ),
@@ -212,3 +212,23 @@ def test_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path):
     with pytest.raises(ConfigError, match="not a prepared dataset"):
         prepare(PrepareConfig(source=str(source), out=str(out), kcore=0))
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_truncated_review_line_names_the_source_field(tmp_path, amazon2023_source):
+    reviews = amazon2023_source / "Industrial.jsonl"
+    with open(reviews, "a") as handle:
+        handle.write('{"rating": 4.0, "parent_asin": "P2", "user_id": "U3", "timestamp": 16000')  # download cut short
+    with pytest.raises(DataFormatError, match="truncated") as error:
+        prepare(PrepareConfig(source=str(amazon2023_source), out=str(tmp_path / "out"), kcore=0))
+    assert (error.value.path, error.value.line, error.value.column) == (str(reviews), 4, "timestamp")
+    manifest = prepare(PrepareConfig(source=str(amazon2023_source), out=str(tmp_path / "out"), kcore=0, on_bad_rows="drop"))
+    assert manifest["counts"]["rows_dropped"] == {"bad_json": 1} and manifest["counts"]["rows_read"] == 4
+
+
+def test_wrong_type_in_review_json_is_located(tmp_path, amazon2018_source):
+    reviews = amazon2018_source / "Tools_5.json"
+    with open(reviews, "a") as handle:
+        handle.write(json.dumps({"overall": 5.0, "reviewerID": "R3", "asin": "B01", "unixReviewTime": "last week"}) + "\n")
+    with pytest.raises(DataFormatError, match="not a number") as error:
+        prepare(PrepareConfig(source=str(amazon2018_source), out=str(tmp_path / "out"), kcore=0))
+    assert (error.value.path, error.value.line, error.value.column) == (str(reviews), 4, "ts")
