@@ -1,0 +1,242 @@
+"""The quality benchmark: configs, aggregation over seeds and users, paired intervals, report files,
+``recsys evaluate`` on a saved model, and (slow) a tiny end-to-end ``recsys benchmark quality`` run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+from evaluation_data import cyclic_sequences, tiny_bert, write_prepared, write_source
+
+from recsys.cli import main
+from recsys.errors import ConfigError
+from recsys.evaluation.benchmark import (
+    SeedRun,
+    build_report,
+    load_benchmark_config,
+    parse_benchmark_config,
+    report_metrics,
+)
+from recsys.evaluation.evaluate import evaluate
+from recsys.evaluation.groups import ItemGroups
+from recsys.evaluation.methods import TrainedMethod
+from recsys.evaluation.recommenders import ScoringRecommender
+from recsys.evaluation.report import write_markdown, write_plots
+from recsys.pipelines.prepared import EvalExamples
+
+REPO = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["bench-ml100k.yaml", "bench-industrial.yaml"])
+def test_shipped_configs_load_and_share_the_t5_size(name):
+    from recsys.models.setrec import PRESETS
+
+    config = load_benchmark_config(REPO / "configs" / name)
+    kinds = [m.kind for m in config.methods]
+    assert kinds.count("setrec") == 5 and {"popularity", "sasrec", "tiger"} <= set(kinds)
+    assert len(config.seeds) == 3 and config.reference == "setrec" and config.beam_method == "tiger"
+    assert config.tiger["beam_size"] == 20
+    preset = PRESETS["t5"][config.setrec.overrides["model.preset"]]
+    assert config.setrec.overrides["model.backbone"] == "t5"
+    for key in ("d_model", "num_heads", "d_ff", "num_layers", "num_decoder_layers"):
+        assert config.tiger[key] == preset[key], key
+    ablations = {m.name: m.overrides for m in config.methods if m.kind == "setrec"}
+    assert {"model.attention": "full"} in ablations.values() and {"model.generation": "autoregressive"} in ablations.values()
+    assert {"model.token_set": "cf"} in ablations.values() and {"model.token_set": "semantic"} in ablations.values()
+
+
+def _minimal(**extra) -> dict:
+    return {"dataset": "x", "data": {"source": "ml-100k"}, "methods": [{"name": "pop", "kind": "popularity"}], **extra}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (_minimal(evaluation={"batch_sise": 3}), "batch_sise"),
+        (_minimal(methods=[{"name": "a", "kind": "popularity"}, {"name": "a", "kind": "sasrec"}]), "repeated"),
+        (_minimal(methods=[{"name": "paired", "kind": "popularity"}]), "reserved"),
+        (_minimal(methods=[{"name": "b", "kind": "bert4rec"}]), "kind"),
+        (_minimal(methods=[{"name": "s", "kind": "setrec"}]), "setrec.config"),
+        ({"dataset": "x", "methods": []}, "data"),
+        (_minimal(seeds=[]), "seeds"),
+    ],
+)
+def test_bad_configs_name_the_field(values, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_benchmark_config(values)
+
+
+def test_overrides_and_missing_file(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(_minimal()))
+    config = load_benchmark_config(path, {"evaluation.batch_size": 7, "seeds": [4]})
+    assert config.evaluation.batch_size == 7 and config.seeds == [4]
+    with pytest.raises(ConfigError, match="not found"):
+        load_benchmark_config(tmp_path / "missing.yaml")
+
+
+# ---------------------------------------------------------------- aggregation on hand-made runs
+
+EXAMPLES = EvalExamples(user_idx=[0, 1, 2, 3], histories=[[0], [1], [2], [0, 1]], gold=[[3], [4], [5], [5]])
+GROUPS = ItemGroups.from_train_items(np.array([0, 1, 2, 3, 3, 4]), num_items=6)  # item 5 is cold
+
+
+def _run(name: str, seed: int, scores: list[float]) -> SeedRun:
+    rec = ScoringRecommender(name, lambda h: torch.tensor(scores).expand(len(h), -1).clone(), num_items=6)
+    result = evaluate(rec, EXAMPLES, GROUPS, ks=(1, 5), exclude_history=True)
+    info = {"backbone": {"d_model": 8, "num_layers": 1}, "parameters": 10, "beam_size": 20}
+    return SeedRun(seed, TrainedMethod(rec, {"ndcg@10": 0.1 * (seed + 1)}, 1.0, info), result)
+
+
+def _config(**extra):
+    values = _minimal(methods=[{"name": "ref", "kind": "popularity"}, {"name": "other", "kind": "popularity"}],
+                      evaluation={"ks": [1, 5], "bootstrap_samples": 200}, reference="ref", beam_method="other", **extra)
+    return parse_benchmark_config(values)
+
+
+def test_seed_average_means_and_paired_differences():
+    # ref: seed 0 ranks gold 3 and 5 first; seed 1 ranks item 4 first. other: one fixed ranking.
+    runs = {
+        "ref": [_run("ref", 0, [0, 0, 0, 9, 1, 8]), _run("ref", 1, [0, 0, 0, 1, 9, 2])],
+        "other": [_run("other", 0, [6, 5, 4, 3, 2, 1]), _run("other", 1, [6, 5, 4, 3, 2, 1])],
+    }
+    report = build_report(_config(), runs, {"dataset": "x"})
+    # per-user recall@1 of ref: seed 0 [1, 0, 0, 0] (user 3: 5 ranks 2nd behind 3), seed 1 [0, 1, 0, 0]
+    assert report["ref"]["recall@1"]["mean"] == pytest.approx(np.mean([0.5, 0.5, 0.0, 0.0]))
+    assert report["ref"]["recall@1"]["seed_std"] == pytest.approx(0.0)
+    # other: history items excluded, so user 0 (hist 0) sees 1,2,3,... -> gold 3 at rank 3
+    other_mrr = runs["other"][0].result.metric("mrr@5")
+    assert report["other"]["mrr@5"]["mean"] == pytest.approx(float(np.mean(other_mrr)))
+    lo, hi = report["ref"]["ndcg@5"]["ci"]
+    assert lo <= report["ref"]["ndcg@5"]["mean"] <= hi
+    # cold group: only item 5 is cold (users 2 and 3)
+    assert report["ref"]["cold/recall@1"]["users"] == 2
+    diff = report["paired"]["vs"]["other"]["ndcg@5"]
+    expected = np.mean((runs["ref"][0].result.metric("ndcg@5") + runs["ref"][1].result.metric("ndcg@5")) / 2
+                       - runs["other"][0].result.metric("ndcg@5"))
+    assert diff["diff"] == pytest.approx(expected) and diff["users"] == 4
+    assert report["efficiency"]["beam_over_reference"] == pytest.approx(
+        report["other"]["inference_seconds_per_1000_users"] / report["ref"]["inference_seconds_per_1000_users"])
+    assert report["efficiency"]["equal_backbone"] is True
+    assert {key for key, _, _ in report_metrics([1, 5])} <= set(report["ref"])
+    assert report["ref"]["valid_ndcg@10"] == pytest.approx(0.15)
+    json.dumps(report)  # plain JSON: no NaN objects, numpy types or tensors left
+
+
+def test_markdown_and_plots_are_written(tmp_path):
+    runs = {"ref": [_run("ref", 0, [0, 0, 0, 9, 1, 8])], "other": [_run("other", 0, [6, 5, 4, 3, 2, 1])]}
+    report = build_report(_config(), runs, {"dataset": "x", "command": "recsys benchmark quality --config c.yaml"})
+    md = write_markdown(report, tmp_path / "quality-x.md").read_text()
+    assert "recsys benchmark quality --config c.yaml" in md and "| ref |" in md and "| other |" in md
+    assert "Paired bootstrap" in md and "x as long" in md
+    for png in write_plots(report, tmp_path, "x"):
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------- recsys evaluate
+
+
+def test_recsys_evaluate_on_a_saved_sasrec_writes_per_user_parquet(tmp_path, capsys):
+    from recsys.models.sasrec import SASRec, SASRecConfig
+    from recsys.training.sasrec import save_sasrec
+
+    data_dir = write_prepared(tmp_path / "data", cyclic_sequences(12, 15, seed=1), num_items=15)
+    config = SASRecConfig(hidden_size=8, num_heads=1, inner_size=16, max_len=6)
+    torch.manual_seed(0)
+    model = SASRec(15, config).eval()
+    save_sasrec(model, config, tmp_path / "sasrec")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--bundle", str(tmp_path / "sasrec"), "--data", str(data_dir), "--exclude-history", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| all |" in printed and "| cold |" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    per_user = pl.read_parquet(out / "per_user.parquet")
+    assert summary["users"] == 12 and per_user.filter(pl.col("group") == "all").height == 12
+    # the same numbers as the harness called directly
+    from recsys.pipelines.prepared import PreparedDataset
+
+    data = PreparedDataset.load(data_dir)
+    rec = ScoringRecommender("sasrec", lambda h: model.score(SASRec.pad_histories(h, 6)), 15)
+    direct = evaluate(rec, data.eval_examples("test"), ItemGroups.from_dataset(data), exclude_history=True)
+    assert summary["summary"]["all"]["ndcg@10"] == pytest.approx(direct.summary["all"]["ndcg@10"])
+
+
+def test_recsys_evaluate_refuses_what_is_not_a_model(tmp_path, capsys):
+    data_dir = write_prepared(tmp_path / "data", cyclic_sequences(5, 8), num_items=8)
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--bundle", str(tmp_path / "empty"), "--data", str(data_dir)]) == 2
+    assert "holds no model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+SETREC_AVAILABLE = importlib.util.find_spec("recsys.training.job") is not None
+
+
+@pytest.mark.slow
+def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("SETREC_CACHE_DIR", str(tmp_path / "cache"))
+    sequences = cyclic_sequences(40, 24, length=(5, 8), seed=3)
+    for user in range(0, 40, 8):  # five users end on an item nobody else has: cold test items
+        sequences[user][-1] = 24 + user // 8
+    source = write_source(tmp_path / "source", sequences, num_items=30)
+    methods = [{"name": "popularity", "kind": "popularity"},
+               {"name": "sasrec", "kind": "sasrec"},
+               {"name": "tiger", "kind": "tiger"}]
+    if SETREC_AVAILABLE:
+        methods += [{"name": "setrec", "kind": "setrec"},
+                    {"name": "setrec-cf-only", "kind": "setrec", "overrides": {"model.token_set": "cf"}}]
+    base = {"model": {"backbone": "t5", "preset": "tiny", "num_semantic_tokens": 2, "num_prompt_tokens": 1, "num_response_tokens": 1},
+            "optim": {"lr": 3e-3, "warmup_steps": 1}, "trainer": {"max_epochs": 1, "accelerator": "cpu", "progress_bar": False},
+            "beta_grid": [0.0, 0.5, 1.0], "max_len": 8, "batch_size": 32}
+    (tmp_path / "setrec.yaml").write_text(yaml.safe_dump(base))
+    t5 = {"d_model": 32, "num_heads": 4, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2}
+    config = {
+        "dataset": "tiny", "work_dir": str(tmp_path / "work"), "seeds": [0, 1],
+        "data": {"source": str(source), "kcore": 0},
+        "evaluation": {"bootstrap_samples": 200},
+        "sasrec": {"hidden_size": 16, "num_heads": 1, "inner_size": 32, "max_len": 8, "max_epochs": 1, "batch_size": 64},
+        "tiger": {**t5, "max_epochs": 1, "max_history": 8, "beam_size": 20, "batch_size": 64},
+        "semantic_ids": {"levels": 2, "codes": 8},
+        "text_encoder": {"path": str(tiny_bert(tmp_path / "bert"))},
+        "setrec": {"config": str(tmp_path / "setrec.yaml")},
+        "reference": "setrec" if SETREC_AVAILABLE else "sasrec",
+        "methods": methods,
+    }
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "results"
+    assert main(["benchmark", "quality", "--config", str(tmp_path / "bench.yaml"), "--out", str(out)]) == 0
+    report = json.loads((out / "quality-tiny.json").read_text())
+    names = [m["name"] for m in methods]
+    assert [k for k in report if k not in ("paired", "efficiency", "seeds", "meta")] == names
+    for name in names:
+        for key in ("recall@5", "ndcg@10", "hr@20", "mrr@20", "cold/recall@20"):
+            entry = report[name][key]
+            assert set(entry) >= {"mean", "ci"} and len(entry["ci"]) == 2
+        assert report[name]["inference_seconds_per_1000_users"] > 0
+        assert len(report["seeds"][name]) == 2
+    assert report["meta"]["evaluated_users"] == 40 and report["popularity"]["cold/recall@20"]["users"] == 5
+    assert report["popularity"]["cold/recall@20"]["mean"] == 0.0  # ID-only scores are zero on cold items
+    assert set(report["paired"]["vs"]) == set(names) - {report["paired"]["reference"]}
+    if SETREC_AVAILABLE:
+        assert report["efficiency"]["beam_over_reference"] > 0 and report["efficiency"]["beam_size"] == 20
+        assert report["efficiency"]["equal_backbone"] is True
+    assert (out / "quality-tiny.md").read_text().count("\n| ") >= len(names)
+    for png in ("quality-tiny-metrics.png", "quality-tiny-efficiency.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    client = MlflowClient()
+    parent = client.get_run(report["meta"]["mlflow_parent_run"])
+    assert parent.info.status == "FINISHED" and "quality-tiny.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 * len(names)
+    assert all(not math.isnan(r.data.metrics["test/ndcg_at_10"]) for r in children)
