@@ -38,7 +38,7 @@ KCORE = 5
 GIB = 1024**3
 
 
-def generate(path: Path, interactions: int, users: int, items: int, seed: int = 0) -> dict:
+def generate(path: Path, interactions: int, users: int, items: int, seed: int = 0, string_ids: bool = False) -> dict:
     """Write a synthetic ``interactions.csv`` and return what it holds.
 
     Item popularity follows a power law (p(rank r) ~ r^-1.05, ranks shuffled over ids), user
@@ -49,6 +49,7 @@ def generate(path: Path, interactions: int, users: int, items: int, seed: int = 
         path: the CSV to write.
         interactions, users, items: sizes of the source.
         seed: random seed.
+        string_ids: write ids as text ("u17", "i42") instead of integers.
 
     Example:
         >>> generate(Path("/tmp/bench/interactions.csv"), 100_000, 2_000, 10_000)
@@ -76,6 +77,8 @@ def generate(path: Path, interactions: int, users: int, items: int, seed: int = 
     source = np.concatenate([np.arange(n), dup])[order]
     # A copy placed before its original would make the original the duplicate; both are fine.
     frame = pl.DataFrame({"user_id": user[source], "item_id": item[source], "timestamp": ts[source]})
+    if string_ids:
+        frame = frame.with_columns(pl.format("u{}", "user_id").alias("user_id"), pl.format("i{}", "item_id").alias("item_id"))
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_csv(path)
     return {
@@ -197,6 +200,7 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=10_000_000, help="rows to generate (default 10M)")
     parser.add_argument("--users", type=int, default=None, help="users (default interactions / 50)")
     parser.add_argument("--items", type=int, default=None, help="items (default interactions / 10)")
+    parser.add_argument("--string-ids", action="store_true", help="text ids (u17, i42) instead of integers")
     parser.add_argument("--workdir", default=None, help="where the source and outputs go (default: a temp dir)")
     parser.add_argument("--results", default=str(RESULTS), help="JSON output (default benchmarks/results/pipeline.json)")
     parser.add_argument("--side", choices=("polars", "pandas"), help=argparse.SUPPRESS)
@@ -215,7 +219,7 @@ def main() -> None:
         work = Path(tmp)
         source = work / "interactions.csv"
         started = time.perf_counter()
-        data = generate(source, args.interactions, users, items)
+        data = generate(source, args.interactions, users, items, string_ids=args.string_ids)
         print(f"generated {data['interactions']:,} interactions in {time.perf_counter() - started:.1f} s ({load_note()})", flush=True)
         load_before = load_note()
         polars_report = run_side("polars", source, work / "polars")
@@ -229,6 +233,7 @@ def main() -> None:
         "users_generated": users,
         "items_generated": items,
         "duplicate_rows_injected": data["duplicate_rows_injected"],
+        "string_ids": args.string_ids,
         "kcore": KCORE,
         "rows_kept": polars_report["rows_kept"],
         "polars_rows_dropped": polars_report["rows_dropped"],
