@@ -257,10 +257,13 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
     module = SetRecModule(model, cfg.optim, cfg.beta_grid, cfg.exclude_history, cfg.seed)
 
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}", monitor=MONITOR, mode="max",
-                                 save_top_k=1, save_last=True, auto_insert_metric_name=False)
+                                 save_top_k=1, auto_insert_metric_name=False)
+    # Lightning saves ``save_last`` only together with a new best; resuming needs every epoch's end.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                             enable_version_counter=False)
     stopper = EarlyStopping(MONITOR, mode="max", patience=cfg.trainer.patience)
     logger = _logger(cfg, out_dir, data.fingerprint, resume)
-    trainer = L.Trainer(logger=logger or False, callbacks=[checkpoint, stopper, *callbacks], **_trainer_kwargs(cfg))
+    trainer = L.Trainer(logger=logger or False, callbacks=[checkpoint, latest, stopper, *callbacks], **_trainer_kwargs(cfg))
     rank = trainer.global_rank
     if rank == 0:
         if not resume and ckpt_dir.exists():

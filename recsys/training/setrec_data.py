@@ -130,12 +130,14 @@ class SetRecDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=EpochSampler(len(self.train), self.seed),
             collate_fn=self.train,
+            generator=torch.Generator().manual_seed(self.seed),  # never draws from the global RNG
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def _eval_loader(self, collate: EvalSets) -> DataLoader:
-        return DataLoader(range(len(collate)), batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate)
+        return DataLoader(range(len(collate)), batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.valid)

@@ -145,7 +145,7 @@ class SetRecModule(L.LightningModule):
         optim: optimiser, schedule and alpha.
         beta_grid: candidate betas.
         exclude_history: hide seen items when ranking (gold items stay rankable).
-        seed: with the epoch and rank, reseeds dropout at every epoch start (exact resume).
+        seed: with the step and rank, reseeds dropout before every step (exact resume).
     """
 
     def __init__(
@@ -164,8 +164,9 @@ class SetRecModule(L.LightningModule):
         self.seed = seed
         self._grid: GridMetrics | None = None
 
-    def on_train_epoch_start(self) -> None:
-        torch.manual_seed(self.seed * 7919 + self.current_epoch * 104729 + self.global_rank)
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Dropout depends on (seed, step, rank) only, so a resumed run draws what an uninterrupted one does.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         histories, targets = batch
