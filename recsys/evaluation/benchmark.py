@@ -94,7 +94,10 @@ class SetRecSpec:
     """The set-identifier training job (``recsys.training.job``)."""
 
     config: str | None = None
-    """Training YAML, e.g. ``configs/setrec-t5-demo.yaml``."""
+    """Training YAML, e.g. ``configs/setrec-t5-demo.yaml`` (or give ``base`` instead)."""
+    base: dict[str, Any] | None = None
+    """The training config inline (the sections of ``TrainJobConfig``); written to
+    ``<work_dir>/setrec-base.yaml`` and used when ``config`` is not given."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Dotted overrides for every set-identifier method (e.g. ``trainer.max_epochs``)."""
 
@@ -149,8 +152,10 @@ class BenchmarkConfig:
             raise ConfigError(f"evaluation.split must be 'valid' or 'test', got {self.evaluation.split!r}")
         if not self.evaluation.ks or min(self.evaluation.ks) < 1:
             raise ConfigError(f"evaluation.ks must be positive cut-offs, got {self.evaluation.ks}")
-        if any(m.kind == "setrec" for m in self.methods) and not self.setrec.config:
-            raise ConfigError("setrec.config: a setrec method is listed, give the training YAML")
+        if any(m.kind == "setrec" for m in self.methods) and not (self.setrec.config or self.setrec.base):
+            raise ConfigError("setrec.config: a setrec method is listed, give the training YAML (or setrec.base inline)")
+        if self.setrec.config and self.setrec.base:
+            raise ConfigError("setrec: give either config (a YAML path) or base (inline values), not both")
 
 
 def _build(cls, values: Any, where: str):
@@ -256,8 +261,14 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
     data = PreparedDataset.load(data_dir)
     log(f"data: {data.num_users} users, {data.num_items} items, fingerprint {data.fingerprint}")
     kinds = {m.kind for m in config.methods}
+    setrec_config = config.setrec.config
+    if setrec_config is None and config.setrec.base is not None:
+        import yaml
+
+        setrec_config = str(work / "setrec-base.yaml")
+        Path(setrec_config).write_text(yaml.safe_dump(config.setrec.base, sort_keys=False))
     context = MethodContext(data=data, work_dir=work, sasrec=dict(config.sasrec), tiger=dict(config.tiger),
-                            setrec_config=config.setrec.config, setrec_overrides=dict(config.setrec.overrides))
+                            setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides))
     if kinds & {"tiger", "setrec"}:
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings
         from recsys.tokenizers.text_encoder import TextEncoderConfig

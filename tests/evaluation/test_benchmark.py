@@ -44,8 +44,9 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
     assert kinds.count("setrec") == 5 and {"popularity", "sasrec", "tiger"} <= set(kinds)
     assert len(config.seeds) == 3 and config.reference == "setrec" and config.beam_method == "tiger"
     assert config.tiger["beam_size"] == 20
-    preset = PRESETS["t5"][config.setrec.overrides["model.preset"]]
-    assert config.setrec.overrides["model.backbone"] == "t5"
+    model = config.setrec.base["model"]
+    preset = PRESETS["t5"][model["preset"]]
+    assert model["backbone"] == "t5" and config.setrec.config is None
     for key in ("d_model", "num_heads", "d_ff", "num_layers", "num_decoder_layers"):
         assert config.tiger[key] == preset[key], key
     ablations = {m.name: m.overrides for m in config.methods if m.kind == "setrec"}
@@ -65,6 +66,7 @@ def _minimal(**extra) -> dict:
         (_minimal(methods=[{"name": "paired", "kind": "popularity"}]), "reserved"),
         (_minimal(methods=[{"name": "b", "kind": "bert4rec"}]), "kind"),
         (_minimal(methods=[{"name": "s", "kind": "setrec"}]), "setrec.config"),
+        (_minimal(setrec={"config": "a.yaml", "base": {"seed": 1}}), "not both"),
         ({"dataset": "x", "methods": []}, "data"),
         (_minimal(seeds=[]), "seeds"),
     ],
@@ -194,12 +196,10 @@ def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
                {"name": "sasrec", "kind": "sasrec"},
                {"name": "tiger", "kind": "tiger"}]
     if SETREC_AVAILABLE:
-        methods += [{"name": "setrec", "kind": "setrec"},
-                    {"name": "setrec-cf-only", "kind": "setrec", "overrides": {"model.token_set": "cf"}}]
+        methods += [{"name": "setrec", "kind": "setrec"}]
     base = {"model": {"backbone": "t5", "preset": "tiny", "num_semantic_tokens": 2, "num_prompt_tokens": 1, "num_response_tokens": 1},
             "optim": {"lr": 3e-3, "warmup_steps": 1}, "trainer": {"max_epochs": 1, "accelerator": "cpu", "progress_bar": False},
             "beta_grid": [0.0, 0.5, 1.0], "max_len": 8, "batch_size": 32}
-    (tmp_path / "setrec.yaml").write_text(yaml.safe_dump(base))
     t5 = {"d_model": 32, "num_heads": 4, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2}
     config = {
         "dataset": "tiny", "work_dir": str(tmp_path / "work"), "seeds": [0, 1],
@@ -209,7 +209,7 @@ def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
         "tiger": {**t5, "max_epochs": 1, "max_history": 8, "beam_size": 20, "batch_size": 64},
         "semantic_ids": {"levels": 2, "codes": 8},
         "text_encoder": {"path": str(tiny_bert(tmp_path / "bert"))},
-        "setrec": {"config": str(tmp_path / "setrec.yaml")},
+        "setrec": {"base": base},
         "reference": "setrec" if SETREC_AVAILABLE else "sasrec",
         "methods": methods,
     }
