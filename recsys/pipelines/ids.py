@@ -6,8 +6,8 @@ Natural order: numeric when every id is an integer written plainly, else text or
 that are all canonical decimal integers ("12", "-3"; not "012", "+3", " 3") are cast to
 integers once and coded by a lookup table (or a sort when their range is huge), other ids
 through their distinct values and an Enum cast. ``values`` may also be an integer column
-holding canonical integers already (the row checks carry such ids as Int64). A test holds
-the two equal.
+holding canonical integers already, or an Enum whose categories are in natural order (the
+row checks carry clean ids so). A test holds the two equal.
 
 Example:
     >>> codes, keys = encode_ids(pl.Series(["10", "9", "10"]))
@@ -81,6 +81,8 @@ def encode_ids(values: pl.Series, extra: pl.Series | None = None) -> tuple[np.nd
         >>> encode_ids(pl.Series(["b", "a"]), extra=pl.Series(["c"]))[1].to_list()
         ['a', 'b', 'c']
     """
+    if isinstance(values.dtype, pl.Enum):  # coded by the row checks, categories in natural order
+        return _encode_enum(values, extra)
     if values.dtype.is_integer():  # already checked canonical by the row checks
         ints = values.cast(pl.Int64).to_numpy()
     else:
@@ -105,3 +107,16 @@ def encode_ids(values: pl.Series, extra: pl.Series | None = None) -> tuple[np.nd
     keys = natural_order(distinct).rename(values.name)
     codes = values.cast(pl.Enum(keys)).to_physical().to_numpy().astype(np.int64)
     return codes, keys
+
+
+def _encode_enum(values: pl.Series, extra: pl.Series | None) -> tuple[np.ndarray, pl.Series]:
+    """Codes of an Enum column whose categories are in natural order; ``extra`` ids merged in."""
+    keys = values.dtype.categories.rename(values.name)
+    codes = values.to_physical().to_numpy().astype(np.int64)
+    if extra is None or extra.len() == 0:
+        return codes, keys
+    merged = natural_order(pl.concat([keys, extra.cast(pl.String)])).rename(values.name)
+    if merged.len() == keys.len():
+        return codes, keys
+    position = code_ids(pl.DataFrame({"id": keys}), "id", merged.rename("id"), "_code")["_code"].to_numpy()
+    return position.astype(np.int64)[codes], merged

@@ -170,7 +170,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
 
     facts: dict = {"rows_read": rows_read, "items_read": items_read, "catalogue_only_items": int(catalogue_only.sum())}
     if "split" in events.columns:
-        split_codes = events["split"]
+        split_codes = events["split"].cast(SPLIT_DTYPE)
         facts["split"] = "source"
     elif config.split == "loo":
         codes, short = loo_splits(events["user_idx"].to_numpy())
@@ -188,7 +188,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         facts["split"] = "temporal"
         facts["temporal_cuts"] = cuts
     interactions = events.select(
-        "user_idx", "item_idx", pl.col("ts").cast(pl.Int64), split_codes.cast(pl.String).cast(SPLIT_DTYPE).alias("split")
+        "user_idx", "item_idx", pl.col("ts").cast(pl.Int64), split_codes.alias("split")
     )
 
     kept_keys = item_keys.filter(pl.Series(item_kept))

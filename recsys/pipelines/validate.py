@@ -24,6 +24,7 @@ from recsys.errors import DataFormatError
 from recsys.pipelines.ids import canonical_ints
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import TEXT_FIELDS, SourceTables
+from recsys.pipelines.steps import natural_order
 from recsys.pipelines.tables import LINE, REPLACEMENT_CHAR, require_columns
 from recsys.pipelines.text import assemble_text, clean_field
 
@@ -96,7 +97,7 @@ def _report(frame: pl.DataFrame, path: Path, log: RowLog, *, items: bool) -> pl.
 def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
     """Type the interactions (user_id, item_id str; ts int64; rating f64; split str) and drop bad rows.
 
-    Returns the collected frame in line order (ids that are all canonical integers as Int64) with ``_line`` kept for the tie-break. Exact
+    Returns the collected frame in line order (ids as String, or as Int64/Enum from the fast path) with ``_line`` kept for the tie-break. Exact
     duplicate events are found later, on integer codes (:func:`~recsys.pipelines.steps.drop_duplicate_events`).
 
     Args:
@@ -149,7 +150,8 @@ def _typed_if_clean(raw: pl.DataFrame, *, has_rating: bool, has_split: bool) -> 
     The fast path of :func:`check_interactions`: the same output as the row checks when they
     would find nothing, from a few vectorised tests (ids as canonical integers or clean
     distinct strings, integer ts, numeric ratings, exact split names). Ids that are all
-    canonical integers come back as Int64: their text is exactly ``str(id)``.
+    canonical integers come back as Int64 (their text is exactly ``str(id)``), other ids as
+    an Enum over their distinct values in natural order, so they are hashed only once.
     """
     ids = {}
     for column in ("user_id", "item_id"):
@@ -168,7 +170,7 @@ def _typed_if_clean(raw: pl.DataFrame, *, has_rating: bool, has_split: bool) -> 
         )
         if not clean.all():
             return None
-        ids[column] = values
+        ids[column] = values.cast(pl.Enum(natural_order(distinct)))  # coded once, here
     ts = raw["ts"].cast(pl.Int64, strict=False)
     if ts.null_count():
         return None

@@ -47,6 +47,17 @@ def test_encode_ids_equals_reference(kind, seed):
         assert keys.gather(codes).to_list() == values.to_list()
 
 
+@pytest.mark.parametrize("kind", ["text", "padded"])
+def test_encode_ids_of_an_enum_column_equals_reference(kind):
+    rng = np.random.default_rng(1)
+    values = pl.Series("item_id", _ids(rng, kind, 200))
+    enum = values.cast(pl.Enum(encode_ids_reference(values)[1]))
+    for extra in (None, pl.Series("item_id", _ids(rng, kind, 5) + ["zz", "0"]), pl.Series("item_id", values[:3])):
+        codes, keys = encode_ids(enum, extra)
+        ref_codes, ref_keys = encode_ids_reference(values, extra)
+        assert keys.to_list() == ref_keys.to_list() and codes.tolist() == ref_codes.tolist()
+
+
 def test_encode_ids_accepts_integer_columns_and_mixed_catalogues():
     codes, keys = encode_ids(pl.Series("u", [30, 4, 30]))
     assert codes.tolist() == [1, 0, 1] and keys.to_list() == ["4", "30"]
@@ -124,8 +135,11 @@ def test_clean_row_check_equals_the_row_by_row_check(ids):
     assert fast is not None
     checked = check_interactions(_tables(raw), RowLog("error"))
     reference = raw.with_columns(pl.col("ts").cast(pl.Int64), pl.col("rating").cast(pl.Float64))
-    expected_ids = pl.Int64 if ids == "ints" else pl.String
-    assert fast.schema["user_id"] == expected_ids and checked.schema["user_id"] == expected_ids
+    if ids == "ints":
+        assert fast.schema["user_id"] == pl.Int64 and fast.schema["item_id"] == pl.Int64
+    else:  # coded once, categories in natural order
+        assert isinstance(fast.schema["user_id"], pl.Enum) and isinstance(fast.schema["item_id"], pl.Enum)
+        assert fast["item_id"].dtype.categories.to_list() == encode_ids_reference(raw["item_id"])[1].to_list()
     assert fast.with_columns(pl.col("user_id", "item_id").cast(pl.String)).equals(reference)
     assert checked.equals(fast)
 
