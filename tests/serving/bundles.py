@@ -34,6 +34,10 @@ class BundleSpec:
     """SetRecModel backbone preset (``tiny`` for tests, ``small`` for the demo-size benchmark)."""
     num_semantic_tokens: int = 4
     """N (items have N + 1 tokens)."""
+    num_prompt_tokens: int = 2
+    """P, learnable prompt tokens."""
+    num_response_tokens: int = 1
+    """R, learnable response tokens."""
     steps: int = 200
     """Optimizer steps of the plain training loop."""
     batch_size: int = 64
@@ -109,8 +113,19 @@ def svd_cf_embeddings(data, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cf / cf.norm(dim=1, keepdim=True).clamp(min=1e-6).mean(), has_cf
 
 
-def build_bundle(data_dir: Path, out_dir: Path, spec: BundleSpec, text_dir: Path) -> Path:
-    """Train a SetRecModel per ``spec`` on the prepared dataset and save it as a bundle."""
+def load_cf_artifact(cf_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``recsys tokenize cf`` output (agreed format): ``embeddings`` float32 and ``has_cf`` uint8."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(cf_dir) / "cf_embeddings.safetensors"))
+    return tensors["embeddings"].float(), tensors["has_cf"].bool()
+
+
+def build_bundle(data_dir: Path, out_dir: Path, spec: BundleSpec, text_dir: Path, cf_dir: Path | None = None) -> Path:
+    """Train a SetRecModel per ``spec`` on the prepared dataset and save it as a bundle.
+
+    ``cf_dir`` is a ``recsys tokenize cf`` output; without it the SVD stand-in is used.
+    """
     from recsys.bundle import save_bundle
     from recsys.models.setrec import PRESETS, SetRecConfig, SetRecModel, pad_histories
     from recsys.pipelines.prepared import PreparedDataset
@@ -123,12 +138,19 @@ def build_bundle(data_dir: Path, out_dir: Path, spec: BundleSpec, text_dir: Path
     if not (text_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{text_dir}: build the text embeddings first (text_embeddings())")
     text = load_text_embeddings(text_dir, num_items=data.num_items)
-    cf, has_cf = svd_cf_embeddings(data, spec.cf_dim)
+    cf, has_cf = load_cf_artifact(cf_dir) if cf_dir else svd_cf_embeddings(data, spec.cf_dim)
     preset = PRESETS[spec.backbone][spec.preset]
     hidden = preset.get("hidden_size", preset.get("d_model"))
     torch.manual_seed(spec.seed)
     encoder = ItemTokenEncoder(cf, has_cf, text, spec.num_semantic_tokens, hidden)
-    config = SetRecConfig(backbone=spec.backbone, preset=spec.preset, num_semantic_tokens=spec.num_semantic_tokens, dropout=0.0)
+    config = SetRecConfig(
+        backbone=spec.backbone,
+        preset=spec.preset,
+        num_semantic_tokens=spec.num_semantic_tokens,
+        num_prompt_tokens=spec.num_prompt_tokens,
+        num_response_tokens=spec.num_response_tokens,
+        dropout=0.0,
+    )
     model = SetRecModel(config, encoder)
     examples = [(seq[max(0, t - spec.max_len) : t], seq[t]) for seq in data.train_sequences() for t in range(1, len(seq))]
     rng = random.Random(spec.seed)
