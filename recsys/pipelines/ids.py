@@ -66,7 +66,7 @@ def encode_ids_reference(values: pl.Series, extra: pl.Series | None = None) -> t
         extra: more ids that take part in the keys (catalogue items without events).
 
     Returns:
-        (codes int64 with ``keys[codes[j]] == values[j]``, keys as a String Series)
+        (integer codes with ``keys[codes[j]] == values[j]``, keys as a String Series)
     """
     every = values if extra is None else pl.concat([values, extra])
     keys = natural_order(every)
@@ -91,17 +91,18 @@ def encode_ids(values: pl.Series, extra: pl.Series | None = None) -> tuple[np.nd
     if ints is not None and (extra is None or extra.len() == 0 or extra_ints is not None):
         every = ints if extra_ints is None else np.concatenate([ints, extra_ints])
         low, high = int(every.min()), int(every.max())
-        if high - low < _TABLE_LIMIT:
-            present = np.zeros(high - low + 1, dtype=bool)
-            present[every - low] = True
-            rank = np.cumsum(present) - 1
-            codes = rank[ints - low]
-            key_ints = np.flatnonzero(present) + low
+        offset = min(low, 0)  # non-negative ids index the table directly, without a shifted copy
+        if high - offset < _TABLE_LIMIT:
+            present = np.zeros(high - offset + 1, dtype=bool)
+            present[every if offset == 0 else every - offset] = True
+            rank = np.cumsum(present, dtype=np.int32 if len(present) < 2**31 else np.int64) - 1
+            codes = rank[ints if offset == 0 else ints - offset]
+            key_ints = np.flatnonzero(present) + offset
         else:
             key_ints, inverse = np.unique(every, return_inverse=True)
             codes = inverse[: len(ints)]
         keys = pl.Series(values.name, key_ints, dtype=pl.Int64).cast(pl.String)
-        return codes.astype(np.int64), keys
+        return codes, keys
     values = values.cast(pl.String)
     distinct = values.unique() if extra is None else pl.concat([values.unique(), extra.unique()]).unique()
     keys = natural_order(distinct).rename(values.name)

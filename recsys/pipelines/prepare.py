@@ -127,7 +127,9 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
     # Integer codes in the natural order of the source ids; catalogue items take part.
     user_codes, user_keys = encode_ids(events["user_id"])
     item_codes, item_keys = encode_ids(events["item_id"], None if items is None else items["item_id"])
-    events = events.with_columns(pl.Series("_u", user_codes), pl.Series("_i", item_codes)).drop("user_id", "item_id")
+    events = events.with_columns(  # int32 codes: half the bytes to sort and filter
+        pl.Series("_u", user_codes, dtype=pl.Int32), pl.Series("_i", item_codes, dtype=pl.Int32)
+    ).drop("user_id", "item_id")
     events = order_events(events)  # by user, time, source line: kept from here on
     events = drop_duplicate_events(events, log, tables.interactions_file).drop("_key", strict=False)
     in_catalogue = np.zeros(len(item_keys), dtype=bool)

@@ -230,13 +230,12 @@ def loo_splits(user_idx: np.ndarray) -> tuple[np.ndarray, int]:
     codes = np.zeros(len(user_idx), dtype=np.int8)
     if len(user_idx) == 0:
         return codes, 0
-    counts = np.bincount(user_idx)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    from_end = starts[user_idx] + counts[user_idx] - 1 - np.arange(len(user_idx))
-    long_enough = counts[user_idx] >= 3
-    codes[(from_end == 1) & long_enough] = 1
-    codes[(from_end == 0) & long_enough] = 2
-    short_users = int(((counts > 0) & (counts < 3)).sum())
+    ends = np.append(np.flatnonzero(user_idx[1:] != user_idx[:-1]), len(user_idx) - 1)  # last row per user
+    lengths = np.diff(ends, prepend=-1)
+    long_enough = ends[lengths >= 3]
+    codes[long_enough - 1] = 1
+    codes[long_enough] = 2
+    short_users = int((lengths < 3).sum())
     return codes, short_users
 
 
