@@ -130,6 +130,9 @@ class BenchmarkConfig:
     """The set-identifier training job."""
     text_encoder: dict[str, Any] = field(default_factory=dict)
     """``TextEncoderConfig`` fields of the text embeddings (default: bundled all-MiniLM-L6-v2)."""
+    torch_threads: int | None = 1
+    """Intra-op threads of torch for training and inference (the same for every method); None keeps torch's default.
+    One thread avoids oversubscription when the cores are shared."""
     reference: str = "setrec"
     """Method every other method is compared with (paired intervals)."""
     beam_method: str = "tiger"
@@ -510,10 +513,13 @@ def run_benchmark(
     """
     from recsys.evaluation.evaluate import evaluate
     from recsys.evaluation.groups import ItemGroups
-    from recsys.evaluation.report import write_markdown, write_plots
 
     config.validate()
     started = time.perf_counter()
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = _Tracker(log_to_mlflow, f"quality-{config.dataset}", _jsonable(dataclasses.asdict(config)))
@@ -547,31 +553,10 @@ def run_benchmark(
                 log(f"{spec.name} seed {seed}: test ndcg@10 {result.summary['all']['ndcg@10']:.4f}, "
                     f"valid ndcg@10 {trained.valid_metrics.get('ndcg@10', float('nan')):.4f}, "
                     f"{result.seconds_per_1000_users:.3f} s/1000 users, trained in {trained.train_seconds:.1f} s")
-        meta = {
-            "dataset": config.dataset,
-            "command": command,
-            "fingerprint": data.fingerprint,
-            "users": data.num_users,
-            "items": data.num_items,
-            "split": config.evaluation.split,
-            "evaluated_users": len(examples),
-            "seeds": list(config.seeds),
-            "exclude_history": config.evaluation.exclude_history,
-            "bootstrap_samples": config.evaluation.bootstrap_samples,
-            "interval": "95% percentile bootstrap over users of the seed-averaged per-user metric",
-            "seconds": round(time.perf_counter() - started, 1),
-            "config": _jsonable(dataclasses.asdict(config)),
-            "mlflow_parent_run": tracker.parent,
-            "git_commit": _git_commit(),
-        }
-        report = build_report(config, all_runs, meta)
-        stem = out_dir / f"quality-{config.dataset}"
-        json_path = stem.with_suffix(".json")
-        tmp = json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(json_path)
-        files = [json_path, write_markdown(report, stem.with_suffix(".md"))]
-        files += write_plots(report, out_dir, config.dataset)
+            # the report so far: a run cut short still leaves every finished method on disk
+            files = _write_outputs(config, all_runs, data, examples, tracker, started, command, out_dir,
+                                   complete=spec is config.methods[-1])
+        report = json.loads(files[0].read_text())
         if tracker.enabled:
             flat = {}
             for name in all_runs:
@@ -585,11 +570,43 @@ def run_benchmark(
             for file in files:
                 tracker.client.log_artifact(tracker.parent, str(file))
         status = "FINISHED"
-        log(f"wrote {', '.join(str(f) for f in files)} in {meta['seconds']} s")
+        log(f"wrote {', '.join(str(f) for f in files)} in {report['meta']['seconds']} s")
         return report
     finally:
         if tracker.enabled:
             tracker.finish(tracker.parent, status)
+
+
+def _write_outputs(config, all_runs, data, examples, tracker, started, command, out_dir: Path, complete: bool) -> list[Path]:
+    """Write ``quality-<dataset>.json`` (atomically), ``.md`` and the plots for the methods finished so far."""
+    from recsys.evaluation.report import write_markdown, write_plots
+
+    meta = {
+        "dataset": config.dataset,
+        "command": command,
+        "complete": complete,
+        "fingerprint": data.fingerprint,
+        "users": data.num_users,
+        "items": data.num_items,
+        "split": config.evaluation.split,
+        "evaluated_users": len(examples),
+        "seeds": list(config.seeds),
+        "exclude_history": config.evaluation.exclude_history,
+        "bootstrap_samples": config.evaluation.bootstrap_samples,
+        "interval": "95% percentile bootstrap over users of the seed-averaged per-user metric",
+        "torch_threads": config.torch_threads,
+        "seconds": round(time.perf_counter() - started, 1),
+        "config": _jsonable(dataclasses.asdict(config)),
+        "mlflow_parent_run": tracker.parent,
+        "git_commit": _git_commit(),
+    }
+    report = build_report(config, all_runs, meta)
+    stem = out_dir / f"quality-{config.dataset}"
+    json_path = stem.with_suffix(".json")
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(json_path)
+    return [json_path, write_markdown(report, stem.with_suffix(".md")), *write_plots(report, out_dir, config.dataset)]
 
 
 def _git_commit() -> str:

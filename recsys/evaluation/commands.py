@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     ev.add_argument("--out", default=None, help="folder for per_user.parquet, summary.json and summary.md")
     ev.set_defaults(func=run_evaluate)
 
-    bench = _subcommands(subparsers, "benchmark", "benchmarks: quality (this area)")
+    bench = _subcommands(subparsers, "benchmark", "run benchmarks (quality: every method in one harness, several seeds)")
     quality = bench.add_parser(
         "quality",
         help="train every method of a config with several seeds and compare them in one harness",
