@@ -105,33 +105,68 @@ def start_server(bundle: Path, engine: str, port: int, args) -> subprocess.Popen
     raise RuntimeError(f"recsys serve did not become ready in 300 s; see {log.name}")
 
 
-async def load(url: str, histories: list[list[str]], concurrency: int, duration: float, warmup: float) -> dict:
-    """Closed-loop load: ``concurrency`` clients, each sending its next request when answered."""
-    import httpx
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator shares the CPU with the server,
+    so it must cost far less per request than the server does (httpx costs several ms here)."""
 
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode() + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = self.reader = None
+
+
+async def load(port: int, histories: list[list[str]], concurrency: int, duration: float, warmup: float) -> dict:
+    """Closed-loop load: ``concurrency`` clients, each sending its next request when answered."""
     latencies: list[float] = []
     errors = 0
     counter = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        measuring_from = time.perf_counter() + warmup
-        stop_at = measuring_from + duration
+    bodies = [json.dumps({"history": h, "k": 10}).encode() for h in histories]
+    measuring_from = time.perf_counter() + warmup
+    stop_at = measuring_from + duration
 
-        async def worker(offset: int) -> None:
-            nonlocal errors, counter
-            i = offset
-            while True:
-                now = time.perf_counter()
-                if now >= stop_at:
-                    return
-                body = {"history": histories[i % len(histories)], "k": 10}
+    async def worker(offset: int) -> None:
+        nonlocal errors, counter
+        connection = _Connection("127.0.0.1", port)
+        i = offset
+        try:
+            while time.perf_counter() < stop_at:
+                body = bodies[i % len(bodies)]
                 i += concurrency
                 start = time.perf_counter()
                 try:
-                    response = await client.post("/v1/recommend", json=body)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
+                    ok = await connection.post("/v1/recommend", body) == 200
+                except (OSError, ValueError, asyncio.IncompleteReadError):
                     ok = False
+                    await connection.close()
                 end = time.perf_counter()
                 if start >= measuring_from and end <= stop_at:
                     counter += 1
@@ -139,8 +174,10 @@ async def load(url: str, histories: list[list[str]], concurrency: int, duration:
                         latencies.append((end - start) * 1000)
                     else:
                         errors += 1
+        finally:
+            await connection.close()
 
-        await asyncio.gather(*(worker(c) for c in range(concurrency)))
+    await asyncio.gather(*(worker(c) for c in range(concurrency)))
     values = np.asarray(latencies)
     return {
         "p50_ms": round(float(np.percentile(values, 50)), 2) if values.size else None,
@@ -222,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for concurrency in args.concurrency:
                 sum_before, count_before = batch_totals(url)
-                stats = asyncio.run(load(url, histories, concurrency, args.duration, args.warmup))
+                stats = asyncio.run(load(port, histories, concurrency, args.duration, args.warmup))
                 sum_after, count_after = batch_totals(url)
                 batches = count_after - count_before
                 stats["mean_batch_size"] = round((sum_after - sum_before) / batches, 2) if batches else None

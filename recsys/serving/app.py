@@ -48,7 +48,6 @@ from recsys.serving.schemas import (
     NewItem,
     RecommendRequest,
     RecommendResponse,
-    ScoredItem,
 )
 from recsys.serving.service import (
     DuplicateItemError,
@@ -228,9 +227,12 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
         metrics.error(endpoint, "queue_full")
         return _error(503, str(error), None, {"Retry-After": str(config.retry_after_s)})
 
-    def _answer(result: Recommendation) -> RecommendResponse:
-        items = [ScoredItem(id=i, score=s, title=t) for i, s, t in zip(result.ids, result.scores, result.titles)]
-        return RecommendResponse(items=items, model=model_info, unknown_items=result.unknown_items)
+    model_json = model_info.model_dump()
+
+    def _answer(result: Recommendation) -> dict:
+        """The RecommendResponse body as plain data (built directly: validating our own output per request costs more than the search)."""
+        items = [{"id": i, "score": s, "title": t} for i, s, t in zip(result.ids, result.scores, result.titles)]
+        return {"items": items, "model": model_json, "unknown_items": result.unknown_items}
 
     def _query(body: RecommendRequest) -> Query:
         return Query(body.history, body.k, body.exclude_history, body.exclude, body.candidates)
@@ -245,7 +247,7 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
         except NoKnownHistoryError as error:
             metrics.error("/v1/recommend", "unknown_items")
             return _error(422, str(error), "history")
-        return _answer(result)
+        return JSONResponse(_answer(result))
 
     @app.post("/v1/recommend/batch", response_model=BatchRecommendResponse, responses=errors, tags=["recommend"])
     async def recommend_batch(body: BatchRecommendRequest):
@@ -260,7 +262,7 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
                 return _error(422, f"requests[{position}].{result}", f"requests.{position}.history")
             if isinstance(result, BaseException):
                 raise result
-        return BatchRecommendResponse(results=[_answer(r) for r in results])
+        return JSONResponse({"results": [_answer(r) for r in results]})
 
     def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if config.admin_token is None:

@@ -4,8 +4,8 @@ The directory holds ``config.json`` (the backbone's Qwen2 config, architecture
 ``SetRecQwen2QueryModel`` and the ``setrec_*`` layout fields) and ``model.safetensors``
 (the backbone weights under transformers' Qwen2 names). Prompt, response, query and
 item embeddings are not in it: the vllm engine sends every request as prompt
-embeddings. The engine runs vLLM with ``skip_tokenizer_init=True``, so no tokenizer
-file is needed.
+embeddings. vLLM's offline front end still insists on a tokenizer, so a two-word
+placeholder tokenizer is written too (no text is ever tokenized).
 
 Example:
     >>> export_backbone(backbone, SetLayout(2, 1, 5), "/tmp/setrec-vllm")

@@ -14,13 +14,13 @@ view), so no attention backend can drop the mask. The model declares itself
 request is one whole prefill) and keeps no KV cache. The same code runs on the CPU and
 GPU builds of vLLM.
 
-The checkpoint directory is written by :func:`recsys.serving.vllm_plugin.checkpoint.export`:
+The checkpoint directory is written by :func:`recsys.serving.vllm_plugin.checkpoint.export_backbone`:
 a Qwen2 ``config.json`` (architecture ``SetRecQwen2QueryModel`` plus ``setrec_*`` layout
 fields) and the backbone weights under transformers' Qwen2 names.
 
 Example (after ``recsys.serving.vllm_plugin.register()``, done by vLLM's plugin loader):
     >>> llm = vllm.LLM(model=checkpoint_dir, runner="pooling", enable_prompt_embeds=True,
-    ...                skip_tokenizer_init=True, dtype="float32", enforce_eager=True)
+    ...                dtype="float32", enforce_eager=True, enable_prefix_caching=False)
     >>> out = llm.encode([{"prompt_embeds": embeds}], pooling_task="embed")
 """
 
