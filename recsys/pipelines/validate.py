@@ -134,14 +134,20 @@ def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
         bad_rating = _text("rating").is_not_null() & _text("rating").cast(pl.Float64, strict=False).is_null()
         checks.append(("bad_type", "rating", bad_rating, pl.col("rating")))
     if has_split:
+        checks.append(("missing_value", "split", _text("split").is_null(), pl.col("split")))
         bad_split = ~_text("split").str.to_lowercase().is_in(SPLIT_VALUES)
         checks.append(("bad_value", "split", bad_split, pl.col("split")))
     raw = frame.select(LINE, *[pl.col(c).cast(pl.String) for c in data_columns]).collect()
     fast = _typed_if_clean(raw, has_rating=has_rating, has_split=has_split)
     if fast is not None:
         return fast
-    collected = raw.lazy().select(*typed, *_flags(checks)).collect()
-    return _report(collected, path, log, items=False)
+    # Type every row and mark the bad ones in one pass; name the reasons for those rows only.
+    any_bad = pl.any_horizontal([condition for _, _, condition, _ in checks]).fill_null(False)  # as when/then
+    collected = raw.lazy().select(*typed, any_bad.alias("_bad")).collect()
+    bad = collected["_bad"]
+    flagged = raw.filter(bad).lazy().select(LINE, *_flags(checks)).collect()
+    _report(flagged, path, log, items=False)
+    return collected.filter(~bad).drop("_bad")
 
 
 def _typed_if_clean(raw: pl.DataFrame, *, has_rating: bool, has_split: bool) -> pl.DataFrame | None:
@@ -181,7 +187,7 @@ def _typed_if_clean(raw: pl.DataFrame, *, has_rating: bool, has_split: bool) -> 
             return None
         columns.append(rating)
     if has_split:
-        if not raw["split"].is_in(SPLIT_VALUES).all():
+        if raw["split"].null_count() or not raw["split"].is_in(SPLIT_VALUES).all():
             return None
         columns.append(raw["split"])
     return pl.DataFrame(columns)

@@ -47,6 +47,12 @@ CORPUS = {
         {"bad_value": 1},
         {},
     ),
+    "missing_split_value": (
+        {"interactions.csv": "user_id,item_id,timestamp,split\nu1,a,1,train\nu1,b,2,\nu1,c,3,test\n"},
+        ("interactions.csv", 3, "split", "missing_value"),
+        {"missing_value": 1},
+        {},
+    ),
     "invalid_utf8_interactions": (
         {"interactions.csv": HEADER.encode() + GOOD_EVENTS.encode() + b"u\xff3,a,4\n", "items.jsonl": _items()},
         ("interactions.csv", 8, "user_id", "bad_utf8"),

@@ -146,7 +146,7 @@ def test_clean_row_check_equals_the_row_by_row_check(ids):
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("user_id", " 5"), ("user_id", ""), ("item_id", "a\ufffd"), ("ts", "1.5e3"), ("ts", " 7"), ("rating", "x"), ("split", "Train")],
+    [("user_id", " 5"), ("user_id", ""), ("item_id", "a\ufffd"), ("ts", "1.5e3"), ("ts", " 7"), ("rating", "x"), ("split", "Train"), ("split", None)],
 )
 def test_anything_unusual_leaves_the_fast_path(column, value):
     raw = pl.DataFrame(
