@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
-
 from recsys.pipelines.detect import json_format, looks_like_ratings_csv
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.readers.amazon import find_files
