@@ -43,7 +43,7 @@ from recsys.errors import ConfigError, SetrecError
 #: batches only (the test suite runs it to check that every step connects).
 SIZE_OVERRIDES: dict[str, dict[str, Any]] = {
     "demo": {},
-    "tiny": {"trainer.max_epochs": 1, "trainer.limit_train_batches": 20, "trainer.progress_bar": False},
+    "tiny": {"model.preset": "tiny", "trainer.max_epochs": 1, "trainer.limit_train_batches": 20, "trainer.progress_bar": False},
 }
 #: SASRec settings per size (the CF tokenizer and the baseline); the rest are SASRecConfig defaults.
 SASREC_OVERRIDES: dict[str, dict[str, Any]] = {
