@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 
+from recsys.bundle import load_bundle
+from recsys.models.setrec import pad_histories
 from recsys.training.job import CHECKPOINTS, LAST, train
 from recsys.training.setrec_config import config_from_dict
 from training_jobs import job_values
@@ -38,8 +40,8 @@ def _last_weights(out_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(industrial_artifacts, tmp_path):
-    overrides = {"trainer": {"max_epochs": 3, "accelerator": "cpu", "limit_train_batches": 3, "patience": 5,
-                             "progress_bar": False}}
+    overrides = {"trainer": {"max_epochs": 2, "accelerator": "cpu", "limit_train_batches": 3, "patience": 5,
+                             "progress_bar": False}, "tracking": {"enabled": False}}
     straight = config_from_dict(job_values(industrial_artifacts, tmp_path / "straight", "qwen", **overrides))
     broken = config_from_dict(job_values(industrial_artifacts, tmp_path / "broken", "qwen", **overrides))
     first = train(straight)
@@ -53,13 +55,17 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(industrial_ar
 
     a, steps_a = _last_weights(tmp_path / "straight")
     b, steps_b = _last_weights(tmp_path / "broken")
-    assert steps_a == steps_b == 9
+    assert steps_a == steps_b == 6
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
     assert second.best_beta == first.best_beta
     assert second.valid_metrics == pytest.approx(first.valid_metrics, abs=1e-6)
-    assert second.run_id == first.run_id or second.run_id is not None
+    resumed = load_bundle(second.bundle_dir)
+    assert resumed.config.backbone == "qwen" and resumed.bundle.beta == second.best_beta
+    histories = pad_histories([[1, 2, 3], [4]], resumed.bundle.max_len)
+    torch.testing.assert_close(resumed.score_all(histories, second.best_beta),
+                               load_bundle(first.bundle_dir).score_all(histories, first.best_beta), rtol=0, atol=1e-5)
 
 
 def test_ddp_with_two_cpu_processes_keeps_ranks_identical(industrial_artifacts, tmp_path):

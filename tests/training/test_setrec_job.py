@@ -21,8 +21,8 @@ def _scores(model, histories):
     return model.score_all(pad_histories(histories, model.bundle.max_len), model.bundle.beta)
 
 
-@pytest.mark.parametrize("backbone", ["t5", "qwen"])
-def test_train_writes_a_tracked_bundle_and_registers_it(industrial_artifacts, tmp_path, backbone):
+def test_train_writes_a_tracked_bundle_and_registers_it(industrial_artifacts, tmp_path, backbone="t5"):
+    """T5 here; the Qwen backbone trains end to end in test_resume_and_ddp.py (bundle loaded there too)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
