@@ -12,8 +12,10 @@ bundle (a parity test holds them to it):
   requests, the plugin rebuilds shared positions and the sparse mask, and returns the
   query states.
 
-Both read item tokens from the model's item encoder at request time, so items added at
-runtime (:meth:`recsys.serving.service.Recommender.add_item`) can appear in histories at once.
+Both gather history item tokens from :class:`ItemTokens`, the model's item-token table
+computed once (instead of running the item encoder on every history item of every
+request); rows of items added at runtime (:meth:`recsys.serving.service.Recommender.add_item`)
+are computed when a history first refers to them, so new items can appear in histories at once.
 
 Example:
     >>> engine = TorchEngine(model, beta=0.4, max_len=50)
@@ -51,6 +53,42 @@ class Engine(Protocol):
         ...
 
 
+class ItemTokens:
+    """The model's (num_items, K, d) item-token table, kept in sync with its item encoder.
+
+    Args:
+        model: a :class:`~recsys.models.setrec.SetRecModel`.
+
+    Example:
+        >>> tokens, valid = ItemTokens(model).history(pad_histories([[1, 2]], 5))
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        with torch.no_grad():
+            self.table = model.item_table().detach()
+
+    def _sync(self) -> None:
+        count = self.model.num_items
+        if count > self.table.shape[0]:
+            new = torch.arange(self.table.shape[0], count, device=self.table.device)
+            with torch.no_grad():
+                rows = self.model._select(self.model.item_encoder(new)).detach()
+            self.table = torch.cat([self.table, rows.to(self.table)])
+
+    def history(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same result as ``model.history_tokens(items)``: ((B, L, K, d) tokens, (B, L) valid)."""
+        if items.numel() and int(items.max()) >= self.table.shape[0]:
+            self._sync()
+            if int(items.max()) >= self.table.shape[0]:
+                from recsys.errors import UnknownItemError
+
+                raise UnknownItemError(f"history item index {int(items.max())} is outside the catalogue of {self.table.shape[0]} items")
+        valid = items >= 0
+        tokens = self.table[items.clamp(min=0)]
+        return tokens * valid[..., None, None], valid
+
+
 def _truncate(histories: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
     return [list(h)[-max_len:] for h in histories]
 
@@ -67,11 +105,14 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model, beta: float, max_len: int, batch_size: int = 256) -> None:
+    def __init__(self, model, beta: float, max_len: int, batch_size: int = 256, cached_tokens: bool = True) -> None:
         self.model = model.eval()
         self.beta = float(beta)
         self.max_len = int(max_len)
         self.batch_size = batch_size
+        # The cached table is the fast path of the simultaneous model; the reference is model.query_vectors.
+        self.tokens = ItemTokens(model) if cached_tokens and model.config.generation == "simultaneous" else None
+        self.weights = model.dimension_weights(self.beta).to(model.prompt.device)
 
     @torch.inference_mode()
     def query_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
@@ -80,8 +121,13 @@ class TorchEngine:
         kept = _truncate(histories, self.max_len)
         parts = []
         for start in range(0, len(kept), self.batch_size):
-            padded = pad_histories(kept[start : start + self.batch_size], self.max_len)
-            parts.append(self.model.query_vectors(padded.to(self.model.prompt.device), self.beta).float().cpu())
+            padded = pad_histories(kept[start : start + self.batch_size], self.max_len).to(self.model.prompt.device)
+            if self.tokens is None:
+                vectors = self.model.query_vectors(padded, self.beta)
+            else:
+                states = self.model.forward_tokens(*self.tokens.history(padded)).query_states
+                vectors = (states * self.weights.to(states)[None, :, None]).flatten(1)
+            parts.append(vectors.float().cpu())
         return torch.cat(parts).numpy()
 
     def close(self) -> None:
@@ -148,6 +194,7 @@ class VllmEngine:
         k = model.tokens_per_item
         self.layout = SetLayout(model.config.num_prompt_tokens, model.config.num_response_tokens, k)
         self.weights = model.dimension_weights(self.beta).view(k, 1).float()
+        self.tokens = ItemTokens(model)
         with torch.no_grad():
             self._prompt = model.prompt.detach().float().cpu()
             self._response = model.response.detach().float().cpu()
@@ -165,8 +212,7 @@ class VllmEngine:
     def prompt_embeds(self, history: Sequence[int]) -> torch.Tensor:
         """(S, d) prompt embeddings of one history (already truncated) in the agreed layout."""
         items = torch.as_tensor(list(history), dtype=torch.long).view(1, -1)
-        with torch.no_grad():
-            tokens, _ = self.model.history_tokens(items)
+        tokens, _ = self.tokens.history(items)
         d = self._prompt.shape[1]
         return torch.cat([self._prompt, tokens.reshape(-1, d).float().cpu(), self._response, self._queries])
 
