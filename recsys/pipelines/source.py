@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
@@ -35,6 +36,9 @@ class SourceTables:
         ts_kind: "time" (wall clock) or "position" (the source only orders events).
         files: every file read (hashed into manifest.json).
         notes: free-form facts about the reading the manifest should keep.
+        read_typed: when set, a fast read of the interactions already typed (``_line``,
+            ``user_id``, ``item_id``, ``ts`` as Int64), or None when the source needs the
+            text path; its result equals what the row checks make of ``interactions``.
     """
 
     format: str
@@ -45,3 +49,4 @@ class SourceTables:
     ts_kind: str = "time"
     files: list[Path] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    read_typed: Callable[[], pl.DataFrame | None] | None = None

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import polars as pl
 
 from recsys.errors import DataFormatError
@@ -212,3 +213,101 @@ def first_row(frame: pl.DataFrame, column: str) -> tuple[int | None, str]:
     row = frame.sort(LINE).row(0, named=True)
     value = row.get(column)
     return row.get(LINE), "" if value is None else str(value)
+
+
+def digit_total(values: np.ndarray) -> int | None:
+    """Characters of all ``values`` written canonically (``str(v)``), or None for int64's minimum.
+
+    Example:
+        >>> digit_total(np.array([7, -12, 100]))
+        7
+    """
+    if len(values) == 0:
+        return 0
+    low, high = int(values.min()), int(values.max())
+    if low == np.iinfo(np.int64).min:
+        return None
+    if low >= 0 and len(str(low)) == len(str(high)):  # one width for all (timestamps, mostly)
+        return len(values) * len(str(low))
+    powers = 10 ** np.arange(1, 19, dtype=np.int64)
+    if high - low < (1 << 22):  # digits of each distinct value, weighted by its count
+        distinct = np.arange(low, high + 1, dtype=np.int64)
+        weights = np.bincount(values - low, minlength=high - low + 1)
+    else:
+        distinct, weights = values, np.ones(len(values), dtype=np.int64)
+    digits = np.searchsorted(powers, np.abs(distinct), side="right") + 1 + (distinct < 0)
+    return int(digits @ weights)
+
+
+def read_integer_table(path: str | Path, *, separator: str, columns: dict[str, str]) -> pl.DataFrame | None:
+    """A delimited file of canonical integers read straight as Int64, or None when it is anything else.
+
+    The fast path of reading then typing the text columns: when the file is exactly a header
+    naming ``columns`` and rows of canonical decimal integers (``str(int(v)) == v``: no
+    spaces, signs, leading zeros or quotes) ending in ``\\n``, the result equals what the
+    row checks make of the text (:func:`recsys.pipelines.validate._typed_if_clean`). The
+    file is checked by its size: the canonical spelling of an integer is its shortest, so
+    any other spelling, a missing or extra field, a blank line or ``\\r`` makes the rows'
+    bytes differ from the digits of the values read plus one separator or newline per
+    field. None means: read it as text (the first rows are looked at first, so a file that
+    is plainly not integers costs nothing).
+
+    Args:
+        path: the CSV/TSV file, with a header line.
+        separator: one byte.
+        columns: header name -> output name, for every column of the file (``{"timestamp": "ts"}``...).
+
+    Returns:
+        ``_line`` (1-based file line, Int64) and the columns renamed, in the order of ``columns``.
+
+    Example:
+        >>> read_integer_table("interactions.csv", separator=",", columns={"user_id": "user_id", "item_id": "item_id", "timestamp": "ts"})
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        head = handle.read(1 << 16)
+    names = list(columns)
+    try:
+        header_names = header.decode("ascii").rstrip("\n").split(separator)
+    except UnicodeDecodeError:
+        return None
+    if sorted(header_names) != sorted(names) or not header.endswith(b"\n") or not head:
+        return None
+    first_rows = head.split(b"\n")[:-1] if len(head) == (1 << 16) else head.split(b"\n")
+    for row in first_rows[:100]:
+        fields = row.split(separator.encode())
+        if len(fields) != len(names) or not all(f.lstrip(b"-").isdigit() for f in fields):
+            return None
+    try:
+        frame = pl.read_csv(
+            path,
+            separator=separator,
+            has_header=True,
+            schema={name: pl.Int64 for name in header_names},
+            quote_char=None,
+            empty_string_is_null=True,
+            raise_if_empty=True,
+        )
+    except Exception:  # noqa: BLE001 - not integers after all: the text path reports what is wrong
+        return None
+    if frame.height == 0 or frame.null_count().sum_horizontal().item():
+        return None
+    size = path.stat().st_size
+    expected = len(header) + frame.height * len(names)  # a separator or newline after each field
+    for name in header_names:
+        digits = digit_total(frame[name].to_numpy())
+        if digits is None:
+            return None
+        expected += digits
+    if expected != size and not (expected - 1 == size and not _ends_with_newline(path)):
+        return None
+    frame = frame.select(pl.col(name).alias(alias) for name, alias in columns.items())
+    line = pl.Series(LINE, np.arange(2, frame.height + 2, dtype=np.int64))
+    return frame.insert_column(0, line)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"

@@ -137,6 +137,8 @@ def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
         checks.append(("missing_value", "split", _text("split").is_null(), pl.col("split")))
         bad_split = ~_text("split").str.to_lowercase().is_in(SPLIT_VALUES)
         checks.append(("bad_value", "split", bad_split, pl.col("split")))
+    if tables.read_typed is not None and (read := tables.read_typed()) is not None:
+        return read  # integer file: read typed, nothing to check (see read_integer_table)
     raw = frame.select(LINE, *[pl.col(c).cast(pl.String) for c in data_columns]).collect()
     fast = _typed_if_clean(raw, has_rating=has_rating, has_split=has_split)
     if fast is not None:

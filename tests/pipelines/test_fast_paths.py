@@ -154,3 +154,45 @@ def test_anything_unusual_leaves_the_fast_path(column, value):
     )
     raw = raw.with_columns(pl.when(pl.col("_line") == 3).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
     assert _typed_if_clean(raw, has_rating=True, has_split=True) is None
+
+
+def _typed_by_text(path, names: dict) -> pl.DataFrame | None:
+    """The reference of read_integer_table: the text scan typed by the row checks' fast path."""
+    from recsys.pipelines.tables import scan_delimited
+
+    raw = scan_delimited(path).select("_line", *[pl.col(c).alias(a) for c, a in names.items()]).collect()
+    return _typed_if_clean(raw, has_rating=False, has_split=False)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_integer_table_read_equals_the_text_read(tmp_path, seed):
+    from recsys.pipelines.tables import read_integer_table
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    users = rng.integers(-5, 10**6, n) if seed == 1 else rng.integers(0, 300, n)
+    items = rng.integers(0, 10**12, n) if seed == 2 else rng.integers(0, 80, n)
+    ts = rng.integers(0, 2 * 10**9, n) if seed else 1_600_000_000 + rng.integers(0, 9, n) * 86_400
+    lines = [f"{t},{u},{i}" for u, i, t in zip(users, items, ts)]
+    path = tmp_path / "interactions.csv"
+    names = {"user_id": "user_id", "item_id": "item_id", "timestamp": "ts"}
+    for ending in ("\n", ""):  # with and without a final newline
+        path.write_text("timestamp,user_id,item_id\n" + "\n".join(lines) + ending)
+        fast = read_integer_table(path, separator=",", columns=names)
+        assert fast is not None and fast.columns == ["_line", "user_id", "item_id", "ts"]
+        assert fast.equals(_typed_by_text(path, names))
+
+
+@pytest.mark.parametrize(
+    "row",
+    ["07,1,5", "+7,1,5", " 7,1,5", "7,1, 5", '"7",1,5', "7,1,5\r", "7,1", "7,1,5,9", ",1,5", "-0,1,5", "7,1,5.0", "7,x,5", "\n7,1,5"],
+)
+def test_anything_unusual_leaves_the_integer_read(tmp_path, row):
+    from recsys.pipelines.tables import read_integer_table
+
+    path = tmp_path / "interactions.csv"
+    path.write_text("user_id,item_id,ts\n" + "1,2,3\n" * 150 + row + "\n4,5,6\n")
+    names = {"user_id": "user_id", "item_id": "item_id", "ts": "ts"}
+    assert read_integer_table(path, separator=",", columns=names) is None
+    path.write_text("user_id,item_id,ts\n" + row + "\n4,5,6\n")  # in the first rows too
+    assert read_integer_table(path, separator=",", columns=names) is None

@@ -26,7 +26,7 @@ import polars as pl
 from recsys.errors import DataFormatError
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, check_readable, read_jsonl, scan_delimited, scan_parquet
+from recsys.pipelines.tables import LINE, check_readable, read_integer_table, read_jsonl, scan_delimited, scan_parquet
 
 INTERACTION_NAMES = ("interactions.csv", "interactions.tsv", "interactions.parquet")
 ITEM_NAMES = ("items.csv", "items.tsv", "items.jsonl", "items.json", "items.parquet")
@@ -107,4 +107,10 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
     interactions = frame.select(keep).rename({time_column: "ts"} if time_column != "ts" else {})
     items = _scan_table(items_path, log, items=True) if items_path is not None else None
     files = [inter_path] + ([items_path] if items_path is not None else [])
-    return SourceTables("generic", interactions, inter_path, items, items_path, ts_kind, files)
+    read_typed = None
+    if inter_path.suffix.lower() in (".csv", ".tsv") and sorted(c for c in columns if c != LINE) == sorted(keep[1:4]):
+        # Exactly user, item and time: integer files are read typed, without a text pass.
+        separator = "\t" if inter_path.suffix.lower() == ".tsv" else ","
+        names = {"user_id": "user_id", "item_id": "item_id", time_column: "ts"}
+        read_typed = lambda: read_integer_table(inter_path, separator=separator, columns=names)  # noqa: E731
+    return SourceTables("generic", interactions, inter_path, items, items_path, ts_kind, files, read_typed=read_typed)
