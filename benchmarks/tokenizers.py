@@ -39,6 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# Hugging Face ``tokenizers`` library (ARCHITECTURE.md section 1): take that folder off.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tokenizers.json"
 PHASES = ("embed", "rqkmeans", "sasrec")
@@ -187,7 +192,7 @@ RUNNERS = {"embed": phase_embed, "rqkmeans": phase_rqkmeans, "sasrec": phase_sas
 def run_phase(phase: str, args: argparse.Namespace, workdir: Path) -> dict:
     """Run one phase in a child process; its JSON result plus its peak RSS."""
     command = [sys.executable, __file__, "--phase", phase, "--workdir", str(workdir), "--items", str(args.items),
-               "--dim", str(args.dim), "--reference-items", str(args.reference_items), "--reference-steps", str(args.reference_steps)]
+               "--dim", str(args.dim), "--reference-items", str(args.reference_items), "--reference-steps", str(args.reference_steps), "--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=ROOT, text=True)
@@ -210,6 +215,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384, help="their dimension (default 384)")
     parser.add_argument("--reference-items", type=int, default=20_000, help="items for the numpy-vs-FAISS comparison")
     parser.add_argument("--reference-steps", type=int, default=20, help="timed steps of SASRec's prefix reference")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per phase (default 1: the machine is shared)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
@@ -217,26 +223,28 @@ def main() -> None:
     if args.phase:
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(args.threads)
         print(json.dumps(RUNNERS[args.phase](args, Path(args.workdir))))
         return
     with tempfile.TemporaryDirectory(prefix="setrec-bench-tok-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         results_path = Path(args.results)
-        result = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        result.update({
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB)} GiB",
-            "python": platform.python_version(),
-            "command": "nice -n 10 .venv/bin/python benchmarks/tokenizers.py " + " ".join(sys.argv[1:]),
-        })
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB)} GiB"
+        command = "nice -n 10 .venv/bin/python benchmarks/tokenizers.py " + " ".join(sys.argv[1:])
         for phase in args.phases:
+            load_before = os.getloadavg()[0]
             report = run_phase(phase, args, workdir)
             report[f"{phase}_measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            result.update(report)
+            report[f"{phase}_machine"] = machine
+            report[f"{phase}_command"] = command
+            report[f"{phase}_load_average_1min_before_after"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
             print(json.dumps(report, indent=2), flush=True)
+            # merged into the file after every phase (re-read first: partial runs keep the other phases' numbers)
+            result = json.loads(results_path.read_text()) if results_path.is_file() else {}
+            result.update({"python": platform.python_version(), **report})
             results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps(result, indent=2) + "\n")  # after every phase: partial runs keep their numbers
+            results_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results -> {results_path}")
 
 

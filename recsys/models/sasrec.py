@@ -78,7 +78,9 @@ class SASRecConfig:
     window_stride: int = 25
     """"windows" only: new targets per window after a user's first window (1 = exactly the prefixes; capped at ``max_len``)."""
     batch_size: int = 256
-    """Training rows per step: target prefixes ("prefixes") or windows ("windows")."""
+    """"prefixes" only: training samples (target prefixes) per step, RecBole's 256."""
+    window_batch_size: int = 16
+    """"windows" only: windows per step (on ML-100K about 430 targets per step)."""
     eval_batch_size: int = 1024
     """Users per batch when scoring the full catalogue for validation and test."""
     max_epochs: int = 200
@@ -105,6 +107,7 @@ class SASRecConfig:
             "attn_dropout": 0.0 <= self.attn_dropout < 1.0,
             "lr": self.lr > 0,
             "batch_size": self.batch_size > 0,
+            "window_batch_size": self.window_batch_size > 0,
             "eval_batch_size": self.eval_batch_size > 0,
             "max_epochs": self.max_epochs > 0,
             "patience": self.patience > 0,

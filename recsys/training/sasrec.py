@@ -205,7 +205,8 @@ class SASRecDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        return _index_loader(self.train, self.config.batch_size, True, self.config.num_workers, self.config.seed)
+        batch_size = self.config.window_batch_size if self.config.train_samples == "windows" else self.config.batch_size
+        return _index_loader(self.train, batch_size, True, self.config.num_workers, self.config.seed)
 
     def val_dataloader(self) -> DataLoader:
         return _index_loader(self.valid, self.config.eval_batch_size, False, 0)

@@ -163,7 +163,7 @@ def test_learns_a_sequential_pattern(tmp_path):
 
     data = PreparedDataset.load(_cycle_dataset(tmp_path / "cycle"))
     config = SASRecConfig(hidden_size=32, num_layers=1, num_heads=1, inner_size=64, max_len=10, dropout=0.1, attn_dropout=0.1,
-                          lr=1e-2, batch_size=16, max_epochs=8, patience=8, accelerator="cpu")
+                          lr=1e-2, window_batch_size=16, max_epochs=8, patience=8, accelerator="cpu")
     result = fit_sasrec(data, config, log_to_mlflow=False)
     assert result.test_metrics["ndcg@10"] > 0.5 > 0.3 + _popularity_test_ndcg(data)
     assert result.valid_metrics["ndcg@10"] > 0.5
@@ -178,7 +178,7 @@ def test_beats_popularity_on_real_data(amazon_industrial_dir, tmp_path):
 
     prepare(PrepareConfig(source=str(amazon_industrial_dir), out=str(tmp_path / "ai"), kcore=0))
     data = PreparedDataset.load(tmp_path / "ai")
-    config = SASRecConfig(max_len=20, batch_size=64, max_epochs=12, patience=12, accelerator="cpu")
+    config = SASRecConfig(max_len=20, max_epochs=12, patience=12, accelerator="cpu")
     result = fit_sasrec(data, config, log_to_mlflow=False)
     popularity = _popularity_test_ndcg(data)
     assert result.test_metrics["ndcg@10"] > 1.5 * popularity, (result.test_metrics["ndcg@10"], popularity)

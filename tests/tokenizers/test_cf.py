@@ -19,7 +19,7 @@ from recsys.tokenizers.cf import (
     trained_items,
 )
 
-TINY = dict(hidden_size=8, num_layers=1, num_heads=1, inner_size=16, max_len=6, max_epochs=2, patience=1, batch_size=16, accelerator="cpu")
+TINY = dict(hidden_size=8, num_layers=1, num_heads=1, inner_size=16, max_len=6, max_epochs=2, patience=1, window_batch_size=4, accelerator="cpu")
 
 
 @pytest.fixture(scope="module")
