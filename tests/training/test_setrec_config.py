@@ -81,3 +81,15 @@ def test_every_field_is_documented_and_listed_in_train_help(capsys):
     text = capsys.readouterr().out
     for name in ("trainer.max_epochs", "model.attention", "optim.alpha", "trainer.strategy", "beta_grid", "model.lora.rank"):
         assert name in text
+
+
+def test_missing_artifacts_and_resume_without_checkpoint_are_named(tmp_path):
+    from recsys.errors import ArtifactError
+    from recsys.training.job import train
+
+    cfg = config_from_dict({"data": str(tmp_path / "no-data"), "out_dir": str(tmp_path / "job"),
+                            "tracking": {"enabled": False}})
+    with pytest.raises(ArtifactError, match="last.ckpt does not exist"):
+        train(cfg, resume=True)
+    with pytest.raises(ArtifactError, match="no-data"):
+        train(cfg)
