@@ -6,6 +6,8 @@ Command (numbers in benchmarks/RESULTS.md, section "Serving"):
 
 For each engine it measures, in one run:
 
+- engine parity (both engines): max |score difference| over every item and top-10 overlap of the
+  vllm engine against the torch engine for 200 held-out users, fp32;
 - ``floor_ms``: the in-process floor, the median time of one query through the recommender
   (one engine forward pass plus one index search, no HTTP, no batching), the reference the
   service's latency is compared to;
@@ -51,12 +53,18 @@ def histories_of(data_dir: Path, limit: int = 2000) -> list[list[str]]:
     return [[ids[i] for i in h] for h in examples.histories[:limit]]
 
 
-def floor_ms(bundle: Path, engine: str, histories: list[list[str]], runs: int) -> dict:
-    """Median ms of one query (one forward + one search) in process, and the batch-32 time per query."""
+PARITY_USERS = 200
+
+
+def floor_ms(bundle: Path, engine: str, histories: list[list[str]], runs: int) -> tuple[dict, np.ndarray]:
+    """Median ms of one query (one forward + one search) in process, the batch-32 time per query,
+    and the scores of every item for the first PARITY_USERS histories (engine parity)."""
     from recsys.serving.service import Query, Recommender
 
     recommender = Recommender.from_bundle(bundle, engine)
     try:
+        rows = [[recommender._row[i] for i in h] for h in histories[:PARITY_USERS]]
+        scores = recommender.engine.query_vectors(rows) @ recommender.index.vectors.T
         queries = [Query(h, k=10) for h in histories]
         for query in queries[:5]:
             recommender.recommend([query])
@@ -73,7 +81,8 @@ def floor_ms(bundle: Path, engine: str, histories: list[list[str]], runs: int) -
             batched.append((time.perf_counter() - start) * 1000 / 32)
     finally:
         recommender.close()
-    return {"floor_ms": round(statistics.median(single), 3), "floor_batch32_ms_per_query": round(statistics.median(batched), 3)}
+    floors = {"floor_ms": round(statistics.median(single), 3), "floor_batch32_ms_per_query": round(statistics.median(batched), 3)}
+    return floors, scores
 
 
 def free_port() -> int:
@@ -249,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "k": 10, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "threads": args.threads},
         "engines": {},
     }
+    scores: dict[str, np.ndarray] = {}
     for engine in args.engines:
         print(f"[{engine}] in-process floor ...", flush=True)
-        row: dict = floor_ms(bundle, engine, histories, args.floor_runs)
+        row, scores[engine] = floor_ms(bundle, engine, histories, args.floor_runs)
         print(f"[{engine}] {row}", flush=True)
         port = free_port()
         server = start_server(bundle, engine, port, args)
@@ -273,6 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         if "1" in row and row["1"]["p50_ms"]:
             row["service_overhead_p50_ms_at_1"] = round(row["1"]["p50_ms"] - row["floor_ms"], 2)
         result["engines"][engine] = row
+    if {"torch", "vllm"} <= set(scores):
+        ref, got = scores["torch"], scores["vllm"]
+        top_ref, top_got = np.argsort(-ref, axis=1)[:, :10], np.argsort(-got, axis=1)[:, :10]
+        result["parity_vllm_vs_torch"] = {
+            "users": int(ref.shape[0]),
+            "max_abs_score_diff": float(np.abs(ref - got).max()),
+            "top10_overlap": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got)])),
+        }
+        print(f"parity: {result['parity_vllm_vs_torch']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
