@@ -27,14 +27,14 @@ def serve_args(**overrides) -> Namespace:
     return Namespace(**values)
 
 
-def test_a_registered_model_is_served_under_its_name_and_version(qwen_bundle, tmp_path):
+def test_a_registered_model_is_served_under_its_name_and_version(qwen_bundle, tmp_path, monkeypatch):
     import mlflow
 
     from recsys import tracking
     from recsys.serving.commands import build_app
 
-    tracking.configure()
-    mlflow.set_experiment("serving-test")
+    monkeypatch.chdir(tmp_path)  # run artifacts land in this test's folder, not the checkout
+    mlflow.set_experiment(experiment_id=tracking.experiment_id("serving-test"))
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(qwen_bundle), artifact_path="bundle")
     assert main(["register", "--run", run.info.run_id, "--name", "setrec", "--alias", "champion"]) == 0
