@@ -112,7 +112,25 @@ def order_events(events: pl.DataFrame) -> pl.DataFrame:
     key += ts
     # One thread: on a shared 2-core machine it costs a third less CPU and is no slower.
     ordered = pl.DataFrame({"_key": key}).with_row_index("_row").sort("_key", maintain_order=True, multithreaded=False)
-    return events[ordered["_row"]].with_columns(ordered["_key"])
+    rows = ordered["_row"].to_numpy()
+    key = ordered["_key"].to_numpy()
+    # Gather only what the key does not hold: user and ts come back from it, contiguous lines from the rows.
+    user = key // span
+    line = events[LINE].to_numpy()
+    contiguous = int(line[-1]) - int(line[0]) == len(line) - 1 and bool((np.diff(line) == 1).all())
+    columns = []
+    for name, dtype in events.schema.items():
+        if name == "_u":
+            columns.append(pl.Series(name, user, dtype=dtype))
+        elif name == "ts":
+            ts_sorted = key - user * span
+            ts_sorted += low
+            columns.append(pl.Series(name, ts_sorted, dtype=dtype))
+        elif name == LINE and contiguous:
+            columns.append(pl.Series(name, rows.astype(np.int64) + int(line[0]), dtype=dtype))
+        else:
+            columns.append(events[name].gather(ordered["_row"]))
+    return pl.DataFrame(columns).with_columns(ordered["_key"])
 
 
 def duplicate_events_reference(events: pl.DataFrame) -> pl.Series:
@@ -143,8 +161,16 @@ def duplicate_events(events: pl.DataFrame) -> pl.Series:
     in_run[:-1] |= same
     rows = np.flatnonzero(in_run)
     if len(rows):
-        candidates = events.select("_u", "_i", "ts")[rows].select(~pl.struct("_u", "_i", "ts").is_first_distinct())
-        mask[rows] = candidates.to_series().to_numpy()
+        items = events["_i"].to_numpy()[rows].astype(np.int64)
+        low, high = int(items.min()), int(items.max())
+        runs = np.cumsum(~same[rows[1:] - 1]) if len(rows) > 1 else np.zeros(0, dtype=np.int64)
+        run = np.concatenate([[0], runs])  # candidate runs numbered 0, 1, ...
+        if (high - low + 1) * (int(run[-1]) + 1) < 2**62:  # (run, item) packed in one int64
+            packed = run * (high - low + 1) + (items - low)
+            mask[rows] = (~pl.Series(packed).is_first_distinct()).to_numpy()
+        else:
+            candidates = events.select("_u", "_i", "ts")[rows].select(~pl.struct("_u", "_i", "ts").is_first_distinct())
+            mask[rows] = candidates.to_series().to_numpy()
     return pl.Series("dup", mask)
 
 
