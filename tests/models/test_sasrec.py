@@ -11,6 +11,15 @@ from recsys.errors import ArtifactError, ConfigError
 from recsys.models.sasrec import SASRec, SASRecConfig, attention, attention_reference
 from recsys.training.sasrec import PrefixBatches, WindowBatches, load_sasrec, sasrec_loss, save_sasrec
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two threads spin-wait on each other (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SMALL = dict(hidden_size=16, num_layers=2, num_heads=2, inner_size=32, max_len=6)
 
 
@@ -178,7 +187,8 @@ def test_beats_popularity_on_real_data(amazon_industrial_dir, tmp_path):
 
     prepare(PrepareConfig(source=str(amazon_industrial_dir), out=str(tmp_path / "ai"), kcore=0))
     data = PreparedDataset.load(tmp_path / "ai")
-    config = SASRecConfig(max_len=20, max_epochs=12, patience=12, accelerator="cpu")
+    config = SASRecConfig(hidden_size=32, num_layers=1, inner_size=64, max_len=12, dropout=0.3, attn_dropout=0.3, lr=3e-3,
+                          window_batch_size=128, max_epochs=6, patience=6, accelerator="cpu")
     result = fit_sasrec(data, config, log_to_mlflow=False)
     popularity = _popularity_test_ndcg(data)
     assert result.test_metrics["ndcg@10"] > 1.5 * popularity, (result.test_metrics["ndcg@10"], popularity)

@@ -19,6 +19,15 @@ from recsys.tokenizers.cf import (
     trained_items,
 )
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two threads spin-wait on each other (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = dict(hidden_size=8, num_layers=1, num_heads=1, inner_size=16, max_len=6, max_epochs=2, patience=1, window_batch_size=4, accelerator="cpu")
 
 
@@ -35,9 +44,12 @@ def trained_cf(tmp_path_factory):
     store = root / "mlruns.db"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the per-test thread fixture
     try:
         out = train_cf_embeddings(data_dir, root / "cf", SASRecConfig(**TINY), log_to_mlflow=True)
     finally:
+        torch.set_num_threads(threads)
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
