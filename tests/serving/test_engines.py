@@ -27,6 +27,7 @@ def test_cached_token_path_equals_the_reference_also_after_new_items(backbone):
     model = tiny_model(backbone)
     fast = TorchEngine(model, beta=0.3, max_len=5)
     reference = TorchEngine(model, beta=0.3, max_len=5, cached_tokens=False)
+    assert fast.last_layer_queries_only == (backbone == "qwen") and not reference.last_layer_queries_only
     np.testing.assert_allclose(fast.query_vectors(HISTORIES), reference.query_vectors(HISTORIES), atol=1e-5, rtol=1e-5)
     new = model.item_encoder.add_items(torch.randn(2, 10))  # what Recommender.add_item does
     with_new = [[1, int(new[0])], [int(new[1]), 4, int(new[0])]]
