@@ -5,7 +5,10 @@ the FAISS index turns it into items. Two engines give the same vectors for the s
 bundle (a parity test holds them to it):
 
 - :class:`TorchEngine`: the bundle's :class:`~recsys.models.setrec.SetRecModel` (T5 or
-  Qwen2), batched, no grad. The reference.
+  Qwen2), batched, no grad. ``cached_tokens=False`` runs ``model.query_vectors`` itself (the
+  reference); the default gathers history tokens from the cached table and, for the sparse
+  Qwen model, runs the last layer for the query rows only (:func:`qwen_query_states`); a test
+  holds the two equal.
 - :class:`VllmEngine`: the Qwen2 backbone as the out-of-tree vLLM pooling model of
   :mod:`recsys.serving.vllm_plugin`. Each user becomes one request whose prompt
   embeddings are the agreed layout ``[prompt][items][response][queries]``; vLLM batches the
