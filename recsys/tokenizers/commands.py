@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     sasrec = cf.add_argument_group("SASRec training (default: the SASRecConfig defaults)")
     for flag, field, kind, text in _SASREC_FLAGS:
         sasrec.add_argument(flag, dest=f"sasrec_{field}", type=kind, default=None, help=text, metavar=flag.lstrip("-").upper().replace("-", "_"))
+    cf.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 is fastest on a busy machine)")
     cf.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
     cf.set_defaults(func=run_cf)
 
@@ -137,6 +138,12 @@ def run_cf(args: argparse.Namespace) -> int:
     from recsys.tokenizers.cf import cf_manifest, import_cf_embeddings, train_cf_embeddings
 
     config, given = _sasrec_config(args)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.import_path:
         if given:
             raise ConfigError(f"--import takes no SASRec training flags (got {', '.join(sorted(given))})")

@@ -51,6 +51,9 @@ MONITOR = "valid/ndcg@10"
 KS = (5, 10, 20)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: v2: positions count from the oldest item kept (v1 counted back from the most recent one;
+#: v1 weights give wrong scores under v2 positions, so they are refused).
+WEIGHTS_FORMAT = "setrec-sasrec-v2"
 
 
 # --------------------------------------------------------------------------- data
@@ -498,7 +501,7 @@ def save_sasrec(model: SASRec, config: SASRecConfig, out_dir: str | Path, extra:
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "setrec-sasrec-v1"})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": WEIGHTS_FORMAT})
         (tmp / CONFIG_FILE).write_text(
             json.dumps({"num_items": model.num_items, "config": dataclasses.asdict(config)}, indent=2)
         )
@@ -529,6 +532,15 @@ def load_sasrec(path: str | Path) -> tuple[SASRec, SASRecConfig]:
         raise ArtifactError(f"{path / CONFIG_FILE}: not a SASRec config ({error})") from error
     except ConfigError as error:
         raise ArtifactError(f"{path / CONFIG_FILE}: {error}") from error
+    from safetensors import safe_open
+
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
+        weights_format = (handle.metadata() or {}).get("format")
+    if weights_format != WEIGHTS_FORMAT:
+        raise ArtifactError(
+            f"{path / WEIGHTS_FILE} has format {weights_format!r}, this version reads {WEIGHTS_FORMAT!r} "
+            "(position ids changed in v2); retrain it with fit_sasrec or `recsys tokenize cf`"
+        )
     model = SASRec(int(meta["num_items"]), config)
     try:
         model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))

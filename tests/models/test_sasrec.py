@@ -122,6 +122,12 @@ def test_save_load_round_trip(tmp_path):
     histories = SASRec.pad_histories([[1, 2, 3]], 6)
     with torch.no_grad():
         torch.testing.assert_close(back.score(histories), model.score(histories))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    save_file(state, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "setrec-sasrec-v1"})
+    with pytest.raises(ArtifactError, match="retrain"):
+        load_sasrec(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(ArtifactError, match="missing"):
         load_sasrec(tmp_path / "m")
