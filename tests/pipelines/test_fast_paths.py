@@ -196,3 +196,22 @@ def test_anything_unusual_leaves_the_integer_read(tmp_path, row):
     assert read_integer_table(path, separator=",", columns=names) is None
     path.write_text("user_id,item_id,ts\n" + row + "\n4,5,6\n")  # in the first rows too
     assert read_integer_table(path, separator=",", columns=names) is None
+
+
+@pytest.mark.parametrize("case", ["step_broken_outside_the_sample", "wide_key_sorted_with_row_index", "seconds"])
+def test_order_events_branches_equal_reference(case):
+    rng = np.random.default_rng(7)
+    n = 10_000
+    events = _events(rng, n, users=300, items=50, days=20)
+    if case == "step_broken_outside_the_sample":  # the sampled rows all share the day step, one row does not
+        events = events.with_columns(pl.when(pl.col("_line") == 5).then(pl.col("ts") + 1).otherwise(pl.col("ts")).alias("ts"))
+    elif case == "wide_key_sorted_with_row_index":  # key and row number do not fit in 63 bits together
+        events = events.with_columns(pl.Series("ts", rng.integers(0, 2**50, n) * 3 + 1))
+    else:
+        events = events.with_columns(pl.Series("ts", rng.integers(0, 50, n) + 1_600_000_000))
+    ordered = order_events(events)
+    assert ordered.drop("_key").equals(order_events_reference(events))
+    assert duplicate_events(ordered).to_list() == duplicate_events_reference(ordered).to_list()
+    shuffled = events.sample(fraction=1.0, shuffle=True, seed=1)  # lines not in order, not contiguous after a filter
+    subset = shuffled.filter(pl.col("_line") % 3 != 0)
+    assert order_events(subset).drop("_key").equals(order_events_reference(subset))
