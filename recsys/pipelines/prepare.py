@@ -47,6 +47,7 @@ from recsys.pipelines.steps import (
     kcore_mask,
     loo_splits,
     order_events,
+    split_counts,
     temporal_splits,
 )
 from recsys.pipelines.tables import LINE
@@ -200,10 +201,8 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         item_table = item_table.join(items.select("item_id", "text", *fields), on="item_id", how="left", maintain_order="left")
     else:
         item_table = item_table.with_columns(pl.lit("").alias("text"))
-    train_items = interactions.filter(pl.col("split") == "train")["item_idx"].unique().implode()
-    item_table = item_table.with_columns(
-        pl.col("text").fill_null(""), (~pl.col("item_idx").is_in(train_items)).alias("is_cold")
-    )
+    facts["per_split"], train_count = split_counts(interactions, item_table.height)
+    item_table = item_table.with_columns(pl.col("text").fill_null(""), pl.Series("is_cold", train_count == 0))
     users = pl.DataFrame(
         {"user_idx": pl.Series(np.arange(int(user_kept.sum())), dtype=pl.Int32), "user_id": user_keys.filter(pl.Series(user_kept))}
     )
@@ -211,10 +210,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
 
 
 def _counts(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, log: RowLog, facts: dict) -> dict:
-    per_split = {}
-    for split in SPLITS:
-        part = interactions.filter(pl.col("split") == split)
-        per_split[split] = {"interactions": part.height, "users": part["user_idx"].n_unique(), "items": part["item_idx"].n_unique()}
+    per_split = facts["per_split"]
     counts = {
         "rows_read": facts["rows_read"],
         "rows_dropped": dict(sorted(log.dropped.items())),

@@ -326,3 +326,42 @@ def temporal_splits(ts: np.ndarray, valid_fraction: float, test_fraction: float)
     codes[ts >= valid_cut] = 1
     codes[ts >= test_cut] = 2
     return codes, {"valid_from_ts": valid_cut, "test_from_ts": test_cut}
+
+
+def split_counts_reference(interactions: pl.DataFrame) -> dict:
+    """Per split: interactions, distinct users and distinct items (``split`` an Enum of :data:`SPLITS`)."""
+    per_split = {}
+    for split in SPLITS:
+        part = interactions.filter(pl.col("split") == split)
+        per_split[split] = {"interactions": part.height, "users": part["user_idx"].n_unique(), "items": part["item_idx"].n_unique()}
+    return per_split
+
+
+def split_counts(interactions: pl.DataFrame, n_items: int) -> tuple[dict, np.ndarray]:
+    """Same counts as :func:`split_counts_reference` by ``np.bincount``, and the train events of each item.
+
+    Args:
+        interactions: ``user_idx``, ``item_idx`` (non-negative) and ``split`` (Enum of :data:`SPLITS`).
+        n_items: items in the item table (``item_idx`` < n_items).
+
+    Returns:
+        (per split counts, the number of train events of each item_idx 0..n_items-1)
+    """
+    codes = interactions["split"].cast(SPLIT_DTYPE).to_physical().to_numpy()
+    users = interactions["user_idx"].to_numpy()
+    items = interactions["item_idx"].to_numpy()
+    n_users = int(users.max()) + 1 if len(users) else 0
+    per_split = {}
+    train_count = np.zeros(n_items, dtype=np.int64)
+    for code, split in enumerate(SPLITS):
+        rows = codes == code
+        part_users, part_items = users[rows], items[rows]
+        item_count = np.bincount(part_items, minlength=n_items)
+        per_split[split] = {
+            "interactions": len(part_users),
+            "users": int(np.count_nonzero(np.bincount(part_users, minlength=n_users))),
+            "items": int(np.count_nonzero(item_count)),
+        }
+        if split == "train":
+            train_count = item_count
+    return per_split, train_count

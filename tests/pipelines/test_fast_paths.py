@@ -215,3 +215,23 @@ def test_order_events_branches_equal_reference(case):
     shuffled = events.sample(fraction=1.0, shuffle=True, seed=1)  # lines not in order, not contiguous after a filter
     subset = shuffled.filter(pl.col("_line") % 3 != 0)
     assert order_events(subset).drop("_key").equals(order_events_reference(subset))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_split_counts_equal_reference(seed):
+    from recsys.pipelines.steps import SPLIT_DTYPE, SPLITS, split_counts, split_counts_reference
+
+    rng = np.random.default_rng(seed)
+    n = 500
+    splits = ["train", "valid"] if seed == 2 else list(SPLITS)  # an empty split too
+    interactions = pl.DataFrame(
+        {
+            "user_idx": pl.Series(np.sort(rng.integers(0, 40, n)), dtype=pl.Int32),
+            "item_idx": pl.Series(rng.integers(0, 60, n), dtype=pl.Int32),
+            "split": pl.Series(rng.choice(splits, n), dtype=SPLIT_DTYPE),
+        }
+    )
+    per_split, train_count = split_counts(interactions, 70)
+    assert per_split == split_counts_reference(interactions)
+    train_items = set(interactions.filter(pl.col("split") == "train")["item_idx"].to_list())
+    assert (train_count > 0).tolist() == [j in train_items for j in range(70)]
