@@ -58,6 +58,13 @@ def register(subparsers) -> None:
     quality.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     quality.set_defaults(func=run_quality)
 
+    merge = bench.add_parser("merge", help="combine finished quality runs of one dataset (methods run as separate processes)")
+    merge.add_argument("--config", required=True, help="the benchmark YAML the runs came from")
+    merge.add_argument("--run", action="append", required=True, metavar="REPORT.json:WORK_DIR",
+                       help="a finished run: its quality-<dataset>.json and its work_dir (repeat)")
+    merge.add_argument("--out", default="benchmarks/results", help="folder of the merged quality-<dataset>.json/.md/.png")
+    merge.set_defaults(func=run_merge)
+
 
 def load_recommender(path: str | Path):
     """A :class:`Recommender` for a saved model folder: set-identifier bundle, SASRec or TIGER.
@@ -155,4 +162,21 @@ def run_quality(args: argparse.Namespace) -> int:
     eff = report.get("efficiency") or {}
     print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.dataset} in {report['meta']['seconds']} s"
           + (f"; beam search / set identifiers inference time: {eff['beam_over_reference']:.1f}x" if eff else ""))
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Handler of ``recsys benchmark merge``."""
+    from recsys.evaluation.benchmark import load_benchmark_config, merge_reports
+
+    config = load_benchmark_config(args.config)
+    sources = []
+    for item in args.run:
+        report, sep, work = item.rpartition(":")
+        if not sep or not Path(report).is_file() or not Path(work).is_dir():
+            raise ConfigError(f"--run {item!r}: give REPORT.json:WORK_DIR of a finished run (both must exist)")
+        sources.append((report, work))
+    command = "recsys benchmark merge " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["benchmark", "merge"] else None
+    report = merge_reports(config, sources, args.out, command=command)
+    print(f"merged {len(sources)} runs: methods {[k for k in report if k not in ('meta', 'paired', 'efficiency', 'seeds')]}")
     return 0

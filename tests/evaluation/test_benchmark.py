@@ -240,3 +240,31 @@ def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 * len(names)
     assert all(not math.isnan(r.data.metrics["test/ndcg_at_10"]) for r in children)
+
+
+def test_merging_separate_runs_gives_the_joint_report(tmp_path):
+    from recsys.evaluation.benchmark import merge_reports
+
+    runs = {"ref": [_run("ref", 0, [0, 0, 0, 9, 1, 8]), _run("ref", 1, [0, 0, 0, 1, 9, 2])],
+            "other": [_run("other", 0, [6, 5, 4, 3, 2, 1])]}
+    config = _config()
+    sources = []
+    for name in ("other", "ref"):  # two processes, one method each
+        work = tmp_path / name
+        (work / "per_user").mkdir(parents=True)
+        for run in runs[name]:
+            run.result.per_user.write_parquet(work / "per_user" / f"{name}-seed{run.seed}.parquet")
+        report = build_report(config, {name: runs[name]}, {"dataset": "x", "fingerprint": "f"})
+        (work / "q.json").write_text(json.dumps(report))
+        sources.append((work / "q.json", work))
+    merged = merge_reports(config, sources, tmp_path / "out")
+    joint = build_report(config, runs, {"dataset": "x"})
+    assert list(k for k in merged if k in runs) == ["ref", "other"]  # config order
+    for name in runs:
+        for key in ("ndcg@5", "recall@1", "cold/recall@5"):
+            assert merged[name][key]["mean"] == pytest.approx(joint[name][key]["mean"])
+            assert merged[name][key]["ci"] == pytest.approx(joint[name][key]["ci"])
+        assert merged[name]["inference_seconds_per_1000_users"] == pytest.approx(joint[name]["inference_seconds_per_1000_users"])
+    assert merged["paired"]["vs"]["other"]["ndcg@5"]["diff"] == pytest.approx(joint["paired"]["vs"]["other"]["ndcg@5"]["diff"])
+    assert merged["paired"]["vs"]["other"]["ndcg@5"]["ci"] == pytest.approx(joint["paired"]["vs"]["other"]["ndcg@5"]["ci"])
+    assert (tmp_path / "out" / "quality-x.md").is_file()
