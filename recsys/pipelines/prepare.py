@@ -41,7 +41,7 @@ from recsys.pipelines.ids import encode_ids
 from recsys.pipelines.steps import (
     SPLIT_DTYPE,
     SPLITS,
-    drop_duplicate_events,
+    report_duplicate_events,
     drop_repeats,
     filter_min_rating,
     kcore_mask,
@@ -132,21 +132,32 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         pl.Series("_u", user_codes, dtype=pl.Int32), pl.Series("_i", item_codes, dtype=pl.Int32)
     ).drop("user_id", "item_id")
     events = order_events(events)  # by user, time, source line: kept from here on
-    events = drop_duplicate_events(events, log, tables.interactions_file).drop("_key", strict=False)
-    in_catalogue = np.zeros(len(item_keys), dtype=bool)
-    if items is not None:
-        in_catalogue = item_keys.is_in(items["item_id"].implode()).to_numpy()
-        dropped = item_keys.is_in(dropped_item_ids.implode()).to_numpy()
-        events = check_known_items(events, in_catalogue, dropped, item_keys, tables, log)
-    require_any_rows(events, tables.interactions_file, "interaction")
-    events = filter_min_rating(events, config.min_rating, log)
-    events = drop_repeats(events, config.repeats, log)
-    require_any_rows(events, tables.interactions_file, "interaction")
+    # Duplicates: reported now, dropped in one filter with the k-core unless a step between needs the frame.
+    present = report_duplicate_events(events, log, tables.interactions_file)
+    events = events.drop("_key", strict=False)
+    if present is not None:
+        present = ~present
+    if items is not None or config.min_rating is not None or config.repeats != "keep":
+        if present is not None:
+            events, present = events.filter(pl.Series(present)), None
+        in_catalogue = np.zeros(len(item_keys), dtype=bool)
+        if items is not None:
+            in_catalogue = item_keys.is_in(items["item_id"].implode()).to_numpy()
+            dropped = item_keys.is_in(dropped_item_ids.implode()).to_numpy()
+            events = check_known_items(events, in_catalogue, dropped, item_keys, tables, log)
+        require_any_rows(events, tables.interactions_file, "interaction")
+        events = filter_min_rating(events, config.min_rating, log)
+        events = drop_repeats(events, config.repeats, log)
+    else:
+        in_catalogue = np.zeros(len(item_keys), dtype=bool)
+    rows_left = events.height if present is None else int(present.sum())
+    require_any_rows(events.clear() if rows_left == 0 else events, tables.interactions_file, "interaction")
 
+    item_codes = events["_i"].to_numpy()
     ever_seen = np.zeros(len(item_keys), dtype=bool)
-    ever_seen[events["_i"].to_numpy()] = True
-    keep = kcore_mask(events["_u"].to_numpy(), events["_i"].to_numpy(), config.kcore)
-    log.count("kcore", int((~keep).sum()))
+    ever_seen[item_codes if present is None else item_codes[present]] = True
+    keep = kcore_mask(events["_u"].to_numpy(), item_codes, config.kcore, present)
+    log.count("kcore", rows_left - int(keep.sum()))
     events = events.filter(pl.Series(keep))
     require_any_rows(events, tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
 

@@ -224,9 +224,15 @@ def drop_duplicate_events(events: pl.DataFrame, log: RowLog, path) -> pl.DataFra
         log: the bad-row policy and counts.
         path: the interactions file, for the message.
     """
+    dup = report_duplicate_events(events, log, path)
+    return events if dup is None else events.filter(~pl.Series(dup))
+
+
+def report_duplicate_events(events: pl.DataFrame, log: RowLog, path) -> np.ndarray | None:
+    """The rows :func:`drop_duplicate_events` drops (None when none), reported the same way, nothing filtered."""
     dup = duplicate_events(events)
     if not dup.any():
-        return events
+        return None
     later = events.filter(dup).sort(LINE)
     first = later.row(0, named=True)
     original = events.filter(
@@ -234,7 +240,7 @@ def drop_duplicate_events(events: pl.DataFrame, log: RowLog, path) -> pl.DataFra
     )[LINE].min()
     detail = f"the same user, item and ts as line {original} (a duplicate event)"
     log.bad("duplicate_event", later.height, path=path, line=first[LINE], column="item_id", detail=detail)
-    return events.filter(~dup)
+    return dup.to_numpy()
 
 
 def kcore_reference(users: list[int], items: list[int], k: int) -> list[bool]:
@@ -257,24 +263,28 @@ def kcore_reference(users: list[int], items: list[int], k: int) -> list[bool]:
             return keep
 
 
-def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+def kcore_mask(users: np.ndarray, items: np.ndarray, k: int, present: np.ndarray | None = None) -> np.ndarray:
     """Iterative k-core (same result as :func:`kcore_reference`) with counts by ``np.bincount``.
 
     Args:
         users, items: non-negative integer codes of each event.
         k: the minimum number of events per user and per item.
+        present: events taking part (None: all); the others are as if absent, and not kept.
+            ``kcore_mask(u, i, k, m)[m]`` equals ``kcore_mask(u[m], i[m], k)``.
 
     Returns:
         a boolean mask of the events kept.
     """
-    keep = np.ones(len(users), dtype=bool)
+    keep = np.ones(len(users), dtype=bool) if present is None else present.copy()
     if k <= 1 or len(users) == 0:
         return keep
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
     users, items = users.astype(np.int32, copy=False), items.astype(np.int32, copy=False)
-    user_count = np.bincount(users, minlength=n_users)
-    item_count = np.bincount(items, minlength=n_items)
+    counted_users, counted_items = (users, items) if present is None else (users[present], items[present])
+    user_count = np.bincount(counted_users, minlength=n_users)
+    item_count = np.bincount(counted_items, minlength=n_items)
+    del counted_users, counted_items
     while True:  # each round removes the events of users and items below k, then updates the counts
         bad = (user_count < k)[users] | (item_count < k)[items]  # small boolean tables: cache-friendly
         bad &= keep

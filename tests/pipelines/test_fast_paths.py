@@ -111,6 +111,10 @@ def test_kcore_equals_reference_on_dense_ties(seed):
     users, items = events["_u"].to_numpy(), events["_i"].to_numpy()
     for k in (3, 5, 8):
         assert kcore_mask(users, items, k).tolist() == kcore_reference(users.tolist(), items.tolist(), k)
+        present = rng.random(len(users)) < 0.9  # only these events take part
+        masked = kcore_mask(users, items, k, present)
+        assert not masked[~present].any()
+        assert masked[present].tolist() == kcore_reference(users[present].tolist(), items[present].tolist(), k)
 
 
 def _tables(frame: pl.DataFrame) -> SourceTables:
