@@ -109,38 +109,49 @@ def order_events(events: pl.DataFrame) -> pl.DataFrame:
     low, high = int(ts.min()), int(ts.max())
     if high - low > np.iinfo(np.int64).max:
         return order_events_reference(events)
-    offset = ts - low
-    step = _common_step(offset)
-    if step > 1:
-        offset, remainder = np.divmod(offset, step)
-        if remainder.any():  # the sample's divisor does not divide every offset
-            step, offset = 1, ts - low
-        del remainder
+    step = _common_step(ts, low)
     span = (high - low) // step + 1
     n_users = int(users.max()) + 1
     if n_users > (np.iinfo(np.int64).max - span) // span:
         return order_events_reference(events)
-    key = users.astype(np.int64)  # in place from here: fewer large temporaries
-    key *= span
-    key += offset
-    del offset
     row_bits = max(1, (n - 1).bit_length())
+    packs = n_users * span < (1 << (63 - row_bits))
+    # Blocks of _BLOCK rows: the temporaries stay small and reused, only the outputs are allocated.
+    key = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _BLOCK):
+        part = slice(start, start + _BLOCK)
+        offset = ts[part] - low
+        if step > 1:
+            offset //= step  # by a scalar: libdivide
+        out = np.multiply(users[part], span, out=key[part], dtype=np.int64, casting="unsafe")
+        out += offset
+        if packs:
+            out <<= row_bits
+            out |= np.arange(start, start + len(out), dtype=np.int64)
     # One thread: on a shared 2-core machine it costs a third less CPU and is no slower.
-    if n_users * span < (1 << (63 - row_bits)):
-        key <<= row_bits
-        key |= np.arange(n, dtype=np.int64)
+    if packs:  # unique values: a plain sort is stable
         packed = pl.Series(key).sort(multithreaded=False).to_numpy()
-        rows = packed & ((1 << row_bits) - 1)
-        key = packed >> row_bits
+        rows = np.empty(n, dtype=np.int64)
+        for start in range(0, n, _BLOCK):
+            part = slice(start, start + _BLOCK)
+            np.bitwise_and(packed[part], (1 << row_bits) - 1, out=rows[part])
+            np.right_shift(packed[part], row_bits, out=key[part])
+        del packed
     else:
         ordered = pl.DataFrame({"_key": key}).with_row_index("_row").sort("_key", maintain_order=True, multithreaded=False)
         rows = ordered["_row"].to_numpy().astype(np.int64)
         key = ordered["_key"].to_numpy()
     # Gather only what the key does not hold: user and ts come back from it, contiguous lines from the rows.
-    user, ts_sorted = np.divmod(key, span)
-    if step > 1:
-        ts_sorted *= step
-    ts_sorted += low
+    user = np.empty(n, dtype=np.int64)
+    ts_sorted = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _BLOCK):
+        part = slice(start, start + _BLOCK)
+        u = np.floor_divide(key[part], span, out=user[part])
+        t = np.multiply(u, span, out=ts_sorted[part])
+        np.subtract(key[part], t, out=t)
+        if step > 1:
+            t *= step
+        t += low
     line = events[LINE].to_numpy()
     row_series = pl.Series("_row", rows)
     columns = {}
@@ -168,11 +179,21 @@ def _is_contiguous(values: np.ndarray, block: int = 1 << 18) -> bool:
     return True
 
 
-def _common_step(offset: np.ndarray) -> int:
-    """The greatest common divisor of a sample of non-negative ``offset`` (1 when all are 0); the caller checks the rest."""
-    sample = offset[:: max(1, len(offset) // 4096)]
+#: Rows per block of the element-wise passes of :func:`order_events`.
+_BLOCK = 1 << 16
+
+
+def _common_step(ts: np.ndarray, low: int) -> int:
+    """The greatest common divisor of ``ts - low`` (1 when all are equal): the unit the times are written in."""
+    sample = ts[:: max(1, len(ts) // 4096)] - low
     step = int(np.gcd.reduce(sample)) if len(sample) else 1
-    return max(step, 1)
+    if step <= 1:
+        return 1
+    for start in range(0, len(ts), _BLOCK):  # the sample's divisor must divide every offset
+        offset = ts[start : start + _BLOCK] - low
+        if (offset - offset // step * step).any():
+            return 1
+    return step
 
 
 def duplicate_events_reference(events: pl.DataFrame) -> pl.Series:
