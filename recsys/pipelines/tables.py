@@ -229,14 +229,18 @@ def digit_total(values: np.ndarray) -> int | None:
         return None
     if low >= 0 and len(str(low)) == len(str(high)):  # one width for all (timestamps, mostly)
         return len(values) * len(str(low))
-    powers = 10 ** np.arange(1, 19, dtype=np.int64)
-    if high - low < (1 << 22):  # digits of each distinct value, weighted by its count
-        distinct = np.arange(low, high + 1, dtype=np.int64)
-        weights = np.bincount(values - low, minlength=high - low + 1)
-    else:
-        distinct, weights = values, np.ones(len(values), dtype=np.int64)
-    digits = np.searchsorted(powers, np.abs(distinct), side="right") + 1 + (distinct < 0)
-    return int(digits @ weights)
+    # n + (values below zero) + sum over k of (values with |v| >= 10^k), in blocks: no large temporaries.
+    largest = max(abs(low), abs(high))
+    powers = [10**k for k in range(1, 19) if 10**k <= largest]
+    total = len(values)
+    for start in range(0, len(values), 1 << 16):
+        block = values[start : start + (1 << 16)]
+        if low < 0:
+            total += int(np.count_nonzero(block < 0))
+            block = np.abs(block)
+        for power in powers:
+            total += int(np.count_nonzero(block >= power))
+    return total
 
 
 def read_integer_table(path: str | Path, *, separator: str, columns: dict[str, str]) -> pl.DataFrame | None:

@@ -239,3 +239,18 @@ def test_split_counts_equal_reference(seed):
     assert per_split == split_counts_reference(interactions)
     train_items = set(interactions.filter(pl.col("split") == "train")["item_idx"].to_list())
     assert (train_count > 0).tolist() == [j in train_items for j in range(70)]
+
+
+def test_digit_total_equals_the_length_of_the_text():
+    from recsys.pipelines.tables import digit_total
+
+    rng = np.random.default_rng(0)
+    for values in (
+        np.array([7, -12, 100]),
+        rng.integers(-(10**12), 10**15, 100_000),
+        rng.integers(0, 10**6, 200_000),
+        np.array([0]),
+        np.array([-1, 0, 9, 10, 99, 100, -999, 10**18]),
+    ):
+        assert digit_total(values) == sum(len(str(int(v))) for v in values)
+    assert digit_total(np.array([np.iinfo(np.int64).min])) is None
