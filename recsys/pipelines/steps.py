@@ -142,11 +142,12 @@ def order_events(events: pl.DataFrame) -> pl.DataFrame:
         rows = ordered["_row"].to_numpy().astype(np.int64)
         key = ordered["_key"].to_numpy()
     # Gather only what the key does not hold: user and ts come back from it, contiguous lines from the rows.
-    user = np.empty(n, dtype=np.int64)
+    user = np.empty(n, dtype=np.int32 if n_users <= np.iinfo(np.int32).max else np.int64)
     ts_sorted = np.empty(n, dtype=np.int64)
     for start in range(0, n, _BLOCK):
         part = slice(start, start + _BLOCK)
-        u = np.floor_divide(key[part], span, out=user[part])
+        u = key[part] // span
+        user[part] = u
         t = np.multiply(u, span, out=ts_sorted[part])
         np.subtract(key[part], t, out=t)
         if step > 1:
