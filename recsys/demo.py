@@ -47,8 +47,8 @@ SIZE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 #: SASRec settings per size (the CF tokenizer and the baseline); the rest are SASRecConfig defaults.
 SASREC_OVERRIDES: dict[str, dict[str, Any]] = {
-    "demo": {"max_epochs": 40, "patience": 5},
-    "tiny": {"max_epochs": 2, "patience": 1},
+    "demo": {"max_epochs": 12, "patience": 3},
+    "tiny": {"max_epochs": 1, "patience": 1},
 }
 SERVICE_START_SECONDS = 180.0
 
