@@ -48,7 +48,6 @@ from recsys.pipelines.steps import (
     loo_splits,
     order_events,
     split_counts,
-    take_rows,
     temporal_splits,
 )
 from recsys.pipelines.tables import LINE
@@ -159,7 +158,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
     ever_seen[item_codes if present is None else item_codes[present]] = True
     keep = kcore_mask(events["_u"].to_numpy(), item_codes, config.kcore, present)
     log.count("kcore", rows_left - int(keep.sum()))
-    events = take_rows(events.drop(LINE), keep)  # the order is final: lines are no longer needed
+    events = events.drop(LINE).filter(pl.Series(keep))  # the order is final: lines are no longer needed
     require_any_rows(events, tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
 
     # Kept items: those with a kept event, plus catalogue items that never had an event.

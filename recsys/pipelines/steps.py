@@ -79,23 +79,6 @@ def code_ids(events: pl.DataFrame, column: str, keys: pl.Series, code: str) -> p
     return events.join(table, on=column, how="left", maintain_order="left")
 
 
-def take_rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
-    """``frame[rows]`` (an index array) or ``frame.filter(rows)`` (a boolean mask), the same frame.
-
-    Numeric columns without nulls go through NumPy (its large arrays use transparent huge
-    pages: far fewer page faults than new Polars buffers); the others through Polars.
-    """
-    mask = rows.dtype == np.bool_
-    columns = []
-    for name, dtype in frame.schema.items():
-        series = frame[name]
-        if dtype.is_numeric() and series.null_count() == 0:
-            columns.append(pl.Series(name, series.to_numpy()[rows], dtype=dtype))
-        else:
-            columns.append(series.filter(pl.Series(rows)) if mask else series.gather(pl.Series(rows)))
-    return pl.DataFrame(columns, schema=frame.schema)
-
-
 def order_events_reference(events: pl.DataFrame) -> pl.DataFrame:
     """Sort events by user code ``_u``, then ``ts``, then source line (the stable tie-break)."""
     return events.sort(["_u", "ts", LINE])
@@ -171,6 +154,7 @@ def order_events(events: pl.DataFrame) -> pl.DataFrame:
             t *= step
         t += low
     line = events[LINE].to_numpy()
+    row_series = pl.Series("_row", rows)
     columns = {}
     for name, dtype in events.schema.items():
         if name == "_u":
@@ -178,7 +162,7 @@ def order_events(events: pl.DataFrame) -> pl.DataFrame:
         elif name == "ts":
             columns[name] = pl.Series(name, ts_sorted, dtype=dtype)
         elif name != LINE or not _is_contiguous(line):
-            columns[name] = take_rows(events.select(name), rows).to_series()
+            columns[name] = events[name].gather(row_series)
     if LINE not in columns:
         rows += int(line[0])  # the line of each sorted row
         columns[LINE] = pl.Series(LINE, rows, dtype=events.schema[LINE])

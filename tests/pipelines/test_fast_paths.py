@@ -254,23 +254,3 @@ def test_digit_total_equals_the_length_of_the_text():
     ):
         assert digit_total(values) == sum(len(str(int(v))) for v in values)
     assert digit_total(np.array([np.iinfo(np.int64).min])) is None
-
-
-def test_take_rows_equals_polars_filter_and_gather():
-    from recsys.pipelines.steps import SPLIT_DTYPE, take_rows
-
-    rng = np.random.default_rng(0)
-    n = 300
-    frame = pl.DataFrame(
-        {
-            "a": pl.Series(rng.integers(0, 9, n), dtype=pl.Int32),
-            "b": rng.random(n),
-            "c": pl.Series([None if v % 7 == 0 else int(v) for v in rng.integers(0, 50, n)], dtype=pl.Int64),
-            "s": pl.Series(rng.choice(["train", "test"], n), dtype=SPLIT_DTYPE),
-            "t": [f"x{v}" for v in range(n)],
-        }
-    )
-    mask = rng.random(n) < 0.6
-    index = rng.permutation(n)[:200]
-    assert take_rows(frame, mask).equals(frame.filter(pl.Series(mask)))
-    assert take_rows(frame, index).equals(frame[pl.Series(index)])
