@@ -3,7 +3,8 @@
 Every scanned table keeps each row's 1-based line number in the source file (``_line``) so
 later checks can name the exact line of a bad row. Columns are read as text (``String``)
 and typed later by :mod:`recsys.pipelines.validate`, which is where wrong types become bad
-rows instead of a failed read.
+rows instead of a failed read. The one exception is :func:`read_integer_table`: a file
+of canonical integers only (checked by its byte count) is read typed, with the same result.
 
 Invalid UTF-8 in delimited files is read lossily (the bad bytes become U+FFFD) and flagged
 per row by the validator; JSON lines are parsed by Polars, and only when that fails are the
