@@ -279,7 +279,9 @@ def read_integer_table(path: str | Path, *, separator: str, columns: dict[str, s
         return None
     if sorted(header_names) != sorted(names) or not header.endswith(b"\n") or not head:
         return None
-    first_rows = head.split(b"\n")[:-1] if len(head) == (1 << 16) else head.split(b"\n")
+    first_rows = head.split(b"\n")[:-1]  # the last piece: a partial row, or empty after the final newline
+    if len(head) < (1 << 16) and not head.endswith(b"\n"):
+        first_rows.append(head.rsplit(b"\n", 1)[-1])  # the whole file was read: its last row has no newline
     for row in first_rows[:100]:
         fields = row.split(separator.encode())
         if len(fields) != len(names) or not all(f.lstrip(b"-").isdigit() for f in fields):

@@ -254,3 +254,14 @@ def test_digit_total_equals_the_length_of_the_text():
     ):
         assert digit_total(values) == sum(len(str(int(v))) for v in values)
     assert digit_total(np.array([np.iinfo(np.int64).min])) is None
+
+
+def test_a_small_integer_file_is_read_typed(tmp_path):
+    from recsys.pipelines.tables import read_integer_table
+
+    path = tmp_path / "interactions.csv"
+    names = {"user_id": "user_id", "item_id": "item_id", "timestamp": "ts"}
+    for text in ("user_id,item_id,timestamp\n3,1,10\n2,5,7\n", "user_id,item_id,timestamp\n3,1,10\n2,5,7"):
+        path.write_text(text)
+        fast = read_integer_table(path, separator=",", columns=names)
+        assert fast is not None and fast.equals(_typed_by_text(path, names))
