@@ -85,6 +85,28 @@ def read_json(path: str | Path, what: str) -> dict:
         raise ArtifactError(f"{path} is not valid JSON ({error}); rebuild {what}") from error
 
 
+def check_out_dir(out_dir: str | Path, kind: str, what: str, *, refuse_unknown_files: bool = False) -> None:
+    """Refuse to overwrite a folder that holds another artifact (its manifest names another ``kind``).
+
+    Args:
+        out_dir: the output folder about to be (re)written.
+        kind: the manifest ``kind`` this writer produces; a folder of the same kind may be replaced.
+        what: what is being written, for the message ("the CF embeddings").
+        refuse_unknown_files: also refuse a non-empty folder that has no manifest at all.
+
+    Example:
+        >>> check_out_dir("runs/tokenizers/ml-100k/cf", "setrec-cf-embeddings", "the CF embeddings")
+    """
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.json"
+    if manifest.is_file():
+        found = read_json(manifest, "the output folder").get("kind")
+        if found != kind:
+            raise ArtifactError(f"{out_dir} already holds another artifact (manifest kind {found!r}); write {what} to a folder of their own")
+    elif refuse_unknown_files and out_dir.exists() and any(out_dir.iterdir()):
+        raise ArtifactError(f"{out_dir} is a non-empty folder without a manifest; choose an empty or new --out folder for {what}")
+
+
 def verify_checksum(path: str | Path, expected_sha256: str | None) -> None:
     """Raise :class:`ArtifactError` when ``path`` is missing or its sha256 differs from the manifest's."""
     path = Path(path)

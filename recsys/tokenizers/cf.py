@@ -39,6 +39,7 @@ import torch
 
 from recsys.errors import ArtifactError, ConfigError, DataFormatError, UnknownItemError
 from recsys.tokenizers.artifact_io import (
+    check_out_dir,
     atomic_directory,
     read_json,
     read_safetensors_checked,
@@ -91,15 +92,7 @@ def apply_unseen_rule(embeddings: torch.Tensor, has_cf: torch.Tensor) -> torch.T
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    manifest = out_dir / MANIFEST_FILE
-    if manifest.is_file():
-        kind = read_json(manifest, "the output folder").get("kind")
-        if kind != KIND:
-            raise ArtifactError(
-                f"{out_dir} already holds another artifact (manifest kind {kind!r}); write the CF embeddings to a folder of their own"
-            )
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise ArtifactError(f"{out_dir} is a non-empty folder without a CF manifest; choose an empty or new --out folder")
+    check_out_dir(out_dir, KIND, "the CF embeddings", refuse_unknown_files=True)
 
 
 def write_cf_embeddings(

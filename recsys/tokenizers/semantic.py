@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from recsys.errors import ArtifactError, ConfigError
-from recsys.tokenizers.artifact_io import read_json, read_safetensors_checked, write_json_atomic, write_safetensors_atomic
+from recsys.tokenizers.artifact_io import check_out_dir, read_json, read_safetensors_checked, write_json_atomic, write_safetensors_atomic
 from recsys.tokenizers.text_encoder import (
     EmbedStats,
     EmbeddingCache,
@@ -198,14 +198,7 @@ def build_text_embeddings(
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    manifest = out_dir / MANIFEST_FILE
-    if manifest.is_file():
-        kind = read_json(manifest, "the output folder").get("kind")
-        if kind != KIND:
-            raise ArtifactError(
-                f"{out_dir} already holds another artifact (manifest kind {kind!r}); "
-                "write the text embeddings to a folder of their own"
-            )
+    check_out_dir(out_dir, KIND, "the text embeddings")
 
 
 def text_embeddings_manifest(directory: str | Path) -> dict:
