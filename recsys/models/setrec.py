@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -533,13 +534,23 @@ class SetRecModel(nn.Module):
 
     # ------------------------------------------------------------------ loss
 
-    def loss(self, history_items: torch.Tensor, target_items: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
+    def loss(
+        self,
+        history_items: torch.Tensor,
+        target_items: torch.Tensor,
+        alpha: float,
+        candidates: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Mean over k of full-catalogue cross-entropy of s_k, plus alpha times the AE MSE.
 
         Args:
             history_items: (B, L) left-padded histories.
             target_items: (B,) next items.
             alpha: weight of the autoencoder reconstruction MSE.
+            candidates: (num_items,) bool, the items that compete in the softmax (None: all).
+                Training passes the items with a train interaction: an item that is never a
+                target would otherwise only ever be pushed down, and the text encoder learns
+                to bury exactly the new items that semantic tokens exist to reach.
 
         Returns:
             ``loss`` (to minimise), ``ce`` and ``ae`` (detached parts).
@@ -548,6 +559,10 @@ class SetRecModel(nn.Module):
         states = self.query_states(history_items, target_items=target_items, table=table)
         logits = torch.einsum("bkd,ikd->bki", states.float(), table.float())
         batch, k, num_items = logits.shape
+        if candidates is not None:
+            if bool((~candidates[target_items]).any()):
+                raise ValueError("a target item is not among the softmax candidates")
+            logits = logits.masked_fill(~candidates.to(logits.device)[None, None, :], -math.inf)
         ce = F.cross_entropy(logits.reshape(batch * k, num_items), target_items.repeat_interleave(k))
         if self.config.token_set == "cf" or alpha == 0:
             ae = ce.new_zeros(())

@@ -338,6 +338,7 @@ class Tiger(nn.Module):
         device = self.codes.device
         input_ids, mask = self.encode_histories(histories)
         encoder = self.t5.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        user_encoder, user_mask = encoder, mask
         encoder = encoder.repeat_interleave(width, dim=0)
         mask = mask.repeat_interleave(width, dim=0)
         banned = None
@@ -353,15 +354,27 @@ class Tiger(nn.Module):
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache()) if use_cache else None
         rows = torch.arange(batch, device=device).view(-1, 1) * width
         for level in range(self.code_length):
-            step_input = tokens[:, -1:] if use_cache else tokens
-            out = self.t5.decoder(
-                input_ids=step_input,
-                encoder_hidden_states=encoder,
-                encoder_attention_mask=mask,
-                past_key_values=cache,
-                use_cache=use_cache,
-            )
-            logits = self.level_logits(self._lm_head(out.last_hidden_state[:, -1]), level)
+            if use_cache and level == 0:
+                # Every beam of a user is still the root: decode it once per user, so the cross-attention
+                # keys and values are projected once per user, then copied to the beams by the reorder below.
+                out = self.t5.decoder(
+                    input_ids=tokens[::width, -1:],
+                    encoder_hidden_states=user_encoder,
+                    encoder_attention_mask=user_mask,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                hidden = out.last_hidden_state[:, -1].repeat_interleave(width, dim=0)
+            else:
+                out = self.t5.decoder(
+                    input_ids=tokens[:, -1:] if use_cache else tokens,
+                    encoder_hidden_states=encoder,
+                    encoder_attention_mask=mask,
+                    past_key_values=cache,
+                    use_cache=use_cache,
+                )
+                hidden = out.last_hidden_state[:, -1]
+            logits = self.level_logits(self._lm_head(hidden), level)
             size = logits.shape[-1]
             table = self.trie.children[level].to(device)
             live = torch.isfinite(scores)
@@ -383,7 +396,8 @@ class Tiger(nn.Module):
             tokens = torch.cat([tokens[beam_index], new_token], dim=1)
             if use_cache:
                 cache = out.past_key_values
-                cache.reorder_cache(beam_index)
+                # level 0 ran one row per user: row b of the cache feeds beams b*W .. b*W+W-1
+                cache.reorder_cache(torch.div(beam_index, width, rounding_mode="floor") if level == 0 else beam_index)
         items = self.trie.leaf_item.to(device)[node.clamp(min=0)]
         items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
         return items, scores

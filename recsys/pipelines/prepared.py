@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys.errors import ArtifactError
@@ -114,6 +115,17 @@ class PreparedDataset:
             .agg(pl.col("item_idx"))
         )
         return frame["item_idx"].to_list()
+
+    def train_item_mask(self) -> np.ndarray:
+        """(num_items,) bool: True for items with at least one train interaction (the warm items).
+
+        Example:
+            >>> PreparedDataset.load("runs/data/ml-100k").train_item_mask().sum()   # warm items
+        """
+        mask = np.zeros(self.num_items, dtype=bool)
+        train = self.interactions.filter(pl.col("split") == "train")["item_idx"].unique().to_numpy()
+        mask[train] = True
+        return mask
 
     def eval_examples(self, split: str) -> EvalExamples:
         """Histories and gold sets of ``split`` ("valid" or "test").

@@ -254,7 +254,8 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
     data = PreparedDataset.load(cfg.data)
     datamodule = SetRecDataModule(data, cfg.max_len, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.trainer.num_workers)
     model, items = build_model(cfg)
-    module = SetRecModule(model, cfg.optim, cfg.beta_grid, cfg.exclude_history, cfg.seed)
+    candidates = torch.from_numpy(data.train_item_mask()) if cfg.negatives == "train" else None
+    module = SetRecModule(model, cfg.optim, cfg.beta_grid, cfg.exclude_history, cfg.seed, candidates)
 
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}", monitor=MONITOR, mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)

@@ -29,6 +29,7 @@ from recsys.models.setrec import LoraSettings, SetRecConfig
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+NEGATIVES = ("train", "catalogue")
 
 
 @dataclass
@@ -127,6 +128,9 @@ class TrainJobConfig:
     """Users per validation/test batch."""
     exclude_history: bool = True
     """Rank only items outside the user's history in validation and test (gold items always stay rankable)."""
+    negatives: str = "train"
+    """Items in the training softmax: ``train`` (items with a train interaction; a cold item is never a
+    negative, as it did not exist yet when the history happened) or ``catalogue`` (every item)."""
     seed: int = 0
     """Seeds weights, data order and dropout."""
     out_dir: str = "runs/setrec"
@@ -142,6 +146,8 @@ class TrainJobConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.beta_grid or any(not 0.0 <= b <= 1.0 for b in self.beta_grid):
             raise ConfigError(f"beta_grid must be a non-empty list of values in [0, 1], got {self.beta_grid}")
+        if self.negatives not in NEGATIVES:
+            raise ConfigError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         if self.trainer.strategy not in STRATEGIES:
             raise ConfigError(f"trainer.strategy must be one of {STRATEGIES}, got {self.trainer.strategy!r}")
         if self.trainer.precision not in PRECISIONS:

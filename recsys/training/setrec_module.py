@@ -146,6 +146,8 @@ class SetRecModule(L.LightningModule):
         beta_grid: candidate betas.
         exclude_history: hide seen items when ranking (gold items stay rankable).
         seed: with the step and rank, reseeds dropout before every step (exact resume).
+        candidates: (num_items,) bool, the items of the training softmax (None: every item);
+            the job passes the items with a train interaction (config ``negatives: train``).
     """
 
     def __init__(
@@ -155,9 +157,12 @@ class SetRecModule(L.LightningModule):
         beta_grid: Sequence[float],
         exclude_history: bool = True,
         seed: int = 0,
+        candidates: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        # not persistent: checkpoints keep the model's weights only, and the mask follows the data
+        self.register_buffer("candidates", candidates, persistent=False)
         self.optim = optim
         self.beta_grid = list(beta_grid)
         self.exclude_history = exclude_history
@@ -170,7 +175,7 @@ class SetRecModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         histories, targets = batch
-        out = self.model.loss(histories, targets, self.optim.alpha)
+        out = self.model.loss(histories, targets, self.optim.alpha, self.candidates)
         size = len(targets)
         self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("train/ce", out["ce"], on_step=False, on_epoch=True, batch_size=size)

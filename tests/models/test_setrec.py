@@ -207,3 +207,28 @@ def test_pretrained_backbone_from_a_local_directory(tmp_path):
     torch.testing.assert_close(loaded.query_states(histories), model.query_states(histories), atol=ATOL, rtol=0)
     with pytest.raises(ConfigError, match="qwen2"):
         make_model("t5", pretrained_dir=str(tmp_path / "qwen"))
+
+
+def test_softmax_candidates_leave_new_items_out_of_the_loss():
+    model = make_model("t5", dropout=0.0)
+    histories = pad_histories([[1, 2, 3], [4, 5]], max_len=3)
+    targets = torch.tensor([10, 11])
+    candidates = torch.ones(NUM_ITEMS, dtype=torch.bool)
+    candidates[-3:] = False  # three new items: never a target, so never a negative either
+    out = model.loss(histories, targets, alpha=0.0, candidates=candidates)
+    table = model.item_table()
+    states = model.query_states(histories, table=table)
+    logits = torch.einsum("bkd,ikd->bki", states, table)[:, :, candidates]  # the softmax over warm items only
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, int(candidates.sum())), targets.repeat_interleave(model.tokens_per_item))
+    assert torch.allclose(out["ce"], expected, atol=1e-5)
+    assert out["ce"] < model.loss(histories, targets, alpha=0.0)["ce"]  # fewer competitors, lower loss
+
+    # what the new items' text says no longer moves the loss (it did when they were negatives)
+    before_all = model.loss(histories, targets, alpha=0.0)["ce"]
+    with torch.no_grad():
+        model.item_encoder.text_embeddings[-3:] = torch.randn(3, model.item_encoder.text_embeddings.shape[1]) * 5
+    assert torch.allclose(model.loss(histories, targets, alpha=0.0, candidates=candidates)["ce"], out["ce"], atol=1e-6)
+    assert not torch.allclose(model.loss(histories, targets, alpha=0.0)["ce"], before_all, atol=1e-4)
+
+    with pytest.raises(ValueError, match="not among the softmax candidates"):
+        model.loss(histories, torch.tensor([10, NUM_ITEMS - 1]), alpha=0.0, candidates=candidates)

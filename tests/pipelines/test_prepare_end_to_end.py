@@ -132,6 +132,9 @@ def test_temporal_split_labels_users_and_cold_items(tmp_path):
     assert (interactions.filter(split == "test")["ts"] >= cuts["test_from_ts"]).all()
     assert (interactions.filter(split == "train")["ts"] < cuts["valid_from_ts"]).all()
     assert items.filter(pl.col("item_id") == "new")["is_cold"].item()  # only seen in the test period
+    warm = PreparedDataset.load(out).train_item_mask()  # the training softmax's items
+    assert warm.tolist() == (~items.sort("item_idx")["is_cold"].to_numpy()).tolist()
+    assert not warm[items.filter(pl.col("item_id") == "new")["item_idx"].item()]
     _check_contract(out)
 
 
