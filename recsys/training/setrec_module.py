@@ -1,7 +1,8 @@
 """Lightning module of the set-identifier recommender, and its full-catalogue evaluation.
 
-Training minimises ``SetRecModel.loss`` (mean over the K query dimensions of full-catalogue
-cross-entropy, plus alpha times the autoencoder MSE) with AdamW, linear warmup then cosine
+Training minimises ``SetRecModel.loss`` (mean over the K query dimensions of cross-entropy over
+the catalogue, plus alpha times the autoencoder MSE; with ``negatives: train`` the softmax holds
+only items with a train interaction) with AdamW, linear warmup then cosine
 decay, and gradient clipping (set on the Trainer). Validation scores the whole catalogue for a
 batch of users at once (``dimension_scores``: one backbone pass gives every dimension), then
 ranks it for every beta of the grid; ``valid/ndcg@10`` is the value at the epoch's best beta
