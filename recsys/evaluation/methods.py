@@ -25,7 +25,7 @@ import torch
 from recsys.errors import ArtifactError, ConfigError
 from recsys.evaluation.recommenders import RankingRecommender, Recommender, ScoringRecommender
 
-KINDS = ("popularity", "sasrec", "tiger", "setrec")
+KINDS = ("popularity", "sasrec", "tiger", "setrec", "text")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class MethodSpec:
     name: str
     """Name in reports and in the JSON (unique within a benchmark)."""
     kind: str
-    """``popularity``, ``sasrec``, ``tiger`` or ``setrec``."""
+    """``popularity``, ``sasrec``, ``tiger``, ``setrec`` or ``text`` (text similarity)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Settings that differ from the benchmark's base config of this kind (dotted keys for setrec)."""
 
@@ -157,6 +157,30 @@ def train_tiger(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedM
     return TrainedMethod(rec, dict(result.valid_metrics), seconds, info)
 
 
+def train_text(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMethod:
+    """Text similarity to the last history items, window picked on valid (``recsys.models.text_similarity``).
+
+    ``overrides`` may set ``windows`` (a list of history lengths, null for the whole history).
+    The seed plays no part: nothing is trained.
+    """
+    from recsys.models.text_similarity import DEFAULT_WINDOWS, TextSimilarity
+    from recsys.tokenizers.semantic import load_text_embeddings
+
+    unknown = set(spec.overrides) - {"windows"}
+    if unknown:
+        raise ConfigError(f"methods[{spec.name!r}]: unknown text-similarity settings {sorted(unknown)}; allowed: ['windows']")
+    if context.semantic_dir is None:
+        raise ConfigError(f"methods[{spec.name!r}]: the semantic tokenizer folder is missing")
+    windows = tuple(spec.overrides.get("windows", DEFAULT_WINDOWS))
+    start = time.perf_counter()
+    embeddings = load_text_embeddings(context.semantic_dir, context.data.num_items)
+    model, valid = TextSimilarity.fit(context.data, embeddings, windows)
+    seconds = time.perf_counter() - start
+    window = valid.pop("window")
+    info = {"parameters": 0, "window": None if window < 0 else int(window), "windows_tried": list(windows)}
+    return TrainedMethod(ScoringRecommender(spec.name, model.score, model.num_items), valid, seconds, info)
+
+
 def setrec_overrides(spec: MethodSpec, seed: int, context: MethodContext) -> dict[str, Any]:
     """The override mapping handed to ``load_train_config`` for one set-identifier run.
 
@@ -226,7 +250,8 @@ def train_setrec(spec: MethodSpec, seed: int, context: MethodContext) -> Trained
     return TrainedMethod(bundle_recommender(spec.name, model), valid, seconds, info)
 
 
-TRAINERS = {"popularity": train_popularity, "sasrec": train_sasrec, "tiger": train_tiger, "setrec": train_setrec}
+TRAINERS = {"popularity": train_popularity, "sasrec": train_sasrec, "tiger": train_tiger, "setrec": train_setrec,
+            "text": train_text}
 
 
 def train_method(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMethod:

@@ -41,7 +41,7 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
 
     config = load_benchmark_config(REPO / "configs" / name)
     kinds = [m.kind for m in config.methods]
-    assert kinds.count("setrec") == 5 and {"popularity", "sasrec", "tiger"} <= set(kinds)
+    assert kinds.count("setrec") == 5 and {"popularity", "sasrec", "tiger", "text"} <= set(kinds)
     assert len(config.seeds) == 3 and config.reference == "setrec" and config.beam_method == "tiger"
     assert config.tiger["beam_size"] == 20
     model = config.setrec.base["model"]
@@ -194,7 +194,8 @@ def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
     source = write_source(tmp_path / "source", sequences, num_items=30)
     methods = [{"name": "popularity", "kind": "popularity"},
                {"name": "sasrec", "kind": "sasrec"},
-               {"name": "tiger", "kind": "tiger"}]
+               {"name": "tiger", "kind": "tiger"},
+               {"name": "text", "kind": "text"}]
     if SETREC_AVAILABLE:
         methods += [{"name": "setrec", "kind": "setrec"}]
     base = {"model": {"backbone": "t5", "preset": "tiny", "num_semantic_tokens": 2, "num_prompt_tokens": 1, "num_response_tokens": 1},
@@ -227,6 +228,7 @@ def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
         assert len(report["seeds"][name]) == 2
     assert report["meta"]["evaluated_users"] == 40 and report["popularity"]["cold/recall@20"]["users"] == 5
     assert report["popularity"]["cold/recall@20"]["mean"] == 0.0  # ID-only scores are zero on cold items
+    assert report["text"]["info"]["window"] in (1, 2, 3, 5, None)  # picked on valid
     assert set(report["paired"]["vs"]) == set(names) - {report["paired"]["reference"]}
     if SETREC_AVAILABLE:
         assert report["efficiency"]["beam_over_reference"] > 0 and report["efficiency"]["beam_size"] == 20
