@@ -131,6 +131,14 @@ class TrainJobConfig:
     negatives: str = "train"
     """Items in the training softmax: ``train`` (items with a train interaction; a cold item is never a
     negative, as it did not exist yet when the history happened) or ``catalogue`` (every item)."""
+    autoencoder_pretrain_epochs: int = 0
+    """Epochs of reconstruction-only training of the semantic autoencoder before the recommender
+    trains (``recsys.tokenizers.semantic.pretrain_autoencoder``), on the texts of items with a train
+    interaction only; 0 (default) starts from random weights."""
+    freeze_autoencoder: bool = False
+    """Keep the semantic autoencoder fixed while the recommender trains: the semantic tokens stay a
+    fixed function of the text (``optim.alpha`` then has no effect). Meant with
+    ``autoencoder_pretrain_epochs`` > 0."""
     seed: int = 0
     """Seeds weights, data order and dropout."""
     out_dir: str = "runs/setrec"
@@ -146,6 +154,8 @@ class TrainJobConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.beta_grid or any(not 0.0 <= b <= 1.0 for b in self.beta_grid):
             raise ConfigError(f"beta_grid must be a non-empty list of values in [0, 1], got {self.beta_grid}")
+        if self.autoencoder_pretrain_epochs < 0:
+            raise ConfigError(f"autoencoder_pretrain_epochs must be >= 0, got {self.autoencoder_pretrain_epochs}")
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         if self.trainer.strategy not in STRATEGIES:

@@ -49,6 +49,7 @@ def test_dotted_overrides_reach_nested_fields_and_are_typed():
         ({"model.attention": "dense"}, "model.attention"),
         ({"trainer.strategy": "horovod"}, "trainer.strategy"),
         ({"negatives": "everything"}, "negatives"),
+        ({"autoencoder_pretrain_epochs": -1}, "autoencoder_pretrain_epochs"),
         ({"beta_grid": [0.5, 1.5]}, "beta_grid"),
         ({"exclude_history": "yes"}, "exclude_history"),
         ({"optim.betas": "0.9"}, "optim.betas"),
