@@ -114,9 +114,11 @@ def prepare_autoencoder(model, data, cfg: TrainJobConfig, progress: bool = False
         if model.config.token_set == "cf":
             raise ConfigError("autoencoder_pretrain_epochs needs semantic tokens; model.token_set is 'cf'")
         texts = encoder.text_embeddings[torch.from_numpy(data.train_item_mask())]
+        was_training = encoder.autoencoder.training
         result = pretrain_autoencoder(texts, encoder.autoencoder, AutoencoderPretrainConfig(
             epochs=cfg.autoencoder_pretrain_epochs, val_fraction=0.0, seed=cfg.seed), progress=progress)
         encoder.autoencoder.zero_grad(set_to_none=True)  # no gradient of pre-training leaks into the first step
+        encoder.autoencoder.train(was_training)  # pre-training ends in eval mode; the trainer expects the caller's mode
         out = {"autoencoder/initial_mse": result.initial_mse, "autoencoder/final_mse": result.final_mse}
         print(f"autoencoder pre-trained for {cfg.autoencoder_pretrain_epochs} epochs on {texts.shape[0]} train items' texts: "
               f"MSE {result.initial_mse:.6f} -> {result.final_mse:.6f}")

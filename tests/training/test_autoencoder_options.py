@@ -31,6 +31,7 @@ def test_pretraining_lowers_the_reconstruction_error_of_train_items_and_freezing
     mses = prepare_autoencoder(model, data, cfg)
     assert mses["autoencoder/initial_mse"] == pytest.approx(before)
     assert mses["autoencoder/final_mse"] < 0.5 * before
+    assert encoder.autoencoder.training == model.training  # the mode it had before pre-training
     assert mses["autoencoder/final_mse"] == pytest.approx(reconstruction_mse(encoder.autoencoder, train_texts))
 
     frozen = {name: p.detach().clone() for name, p in encoder.autoencoder.named_parameters()}
