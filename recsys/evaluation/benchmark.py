@@ -271,7 +271,8 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
         setrec_config = str(work / "setrec-base.yaml")
         Path(setrec_config).write_text(yaml.safe_dump(config.setrec.base, sort_keys=False))
     context = MethodContext(data=data, work_dir=work, sasrec=dict(config.sasrec), tiger=dict(config.tiger),
-                            setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides))
+                            setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides),
+                            exclude_history=config.evaluation.exclude_history)
     if kinds & {"tiger", "setrec", "text"}:
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings
         from recsys.tokenizers.text_encoder import TextEncoderConfig

@@ -60,6 +60,7 @@ class MethodContext:
         setrec_overrides: overrides applied to every set-identifier method.
         cf_dir: CF embeddings folder (``recsys tokenize cf``).
         semantic_dir: text embeddings folder (``recsys tokenize semantic``).
+        exclude_history: whether the harness removes history items from rankings.
     """
 
     data: Any
@@ -71,6 +72,8 @@ class MethodContext:
     setrec_overrides: dict[str, Any] = field(default_factory=dict)
     cf_dir: Path | None = None
     semantic_dir: Path | None = None
+    exclude_history: bool = True
+    """The harness's ``evaluation.exclude_history``: methods that select on valid rank the same way."""
 
 
 @dataclass
@@ -174,7 +177,7 @@ def train_text(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMe
     windows = tuple(spec.overrides.get("windows", DEFAULT_WINDOWS))
     start = time.perf_counter()
     embeddings = load_text_embeddings(context.semantic_dir, context.data.num_items)
-    model, valid = TextSimilarity.fit(context.data, embeddings, windows)
+    model, valid = TextSimilarity.fit(context.data, embeddings, windows, exclude_history=context.exclude_history)
     seconds = time.perf_counter() - start
     window = valid.pop("window")
     info = {"parameters": 0, "window": None if window < 0 else int(window), "windows_tried": list(windows)}
