@@ -2,7 +2,7 @@
 
 Command (what ``make demo`` runs)::
 
-    recsys demo                      # MovieLens-100k, T5 demo preset (its training: about 12 min wall on 2 shared CPU cores)
+    recsys demo                      # MovieLens-100k, T5 demo preset, 150 s on an idle 2-core CPU
     recsys demo --size tiny          # the same steps at toy size (what the test suite runs)
     recsys demo --no-serve           # stop after registering the model
 
@@ -62,7 +62,7 @@ class DemoConfig:
     """Settings of ``recsys demo``."""
 
     size: str = "demo"
-    """``demo`` (the CPU preset; training about 12 minutes on 2 shared cores) or ``tiny`` (a few batches; for tests)."""
+    """``demo`` (the CPU preset; the whole demo takes 150 s on an idle 2-core CPU) or ``tiny`` (a few batches; for tests)."""
     root: str = "runs"
     """Folder for data, tokenizers, the training job and the report (``<root>/demo``)."""
     source: str = "ml-100k"
