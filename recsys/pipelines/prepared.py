@@ -122,9 +122,13 @@ class PreparedDataset:
         Example:
             >>> PreparedDataset.load("runs/data/ml-100k").train_item_mask().sum()   # warm items
         """
+        seen = self.interactions.filter(pl.col("split") == "train")["item_idx"].unique().to_numpy()
+        if seen.size and (seen.min() < 0 or seen.max() >= self.num_items):
+            raise ArtifactError(
+                f"{self.root / 'interactions.parquet'}: item_idx outside 0..{self.num_items - 1}; re-run `recsys data prepare`"
+            )
         mask = np.zeros(self.num_items, dtype=bool)
-        train = self.interactions.filter(pl.col("split") == "train")["item_idx"].unique().to_numpy()
-        mask[train] = True
+        mask[seen] = True
         return mask
 
     def eval_examples(self, split: str) -> EvalExamples:

@@ -59,24 +59,6 @@ IMPORT_SUFFIXES = (".npy", ".safetensors", ".parquet")
 # --------------------------------------------------------------------------- the rule
 
 
-def trained_items(data) -> np.ndarray:
-    """(num_items,) bool: True for items with at least one train interaction.
-
-    Args:
-        data: a :class:`recsys.pipelines.prepared.PreparedDataset`.
-    """
-    import polars as pl
-
-    seen = data.interactions.filter(pl.col("split") == "train")["item_idx"].unique().to_numpy()
-    mask = np.zeros(data.num_items, dtype=bool)
-    if seen.size and (seen.min() < 0 or seen.max() >= data.num_items):
-        raise ArtifactError(
-            f"{data.root / 'interactions.parquet'}: item_idx outside 0..{data.num_items - 1}; re-run `recsys data prepare`"
-        )
-    mask[seen] = True
-    return mask
-
-
 def apply_unseen_rule(embeddings: torch.Tensor, has_cf: torch.Tensor) -> torch.Tensor:
     """A float32 copy of ``embeddings`` whose rows with ``has_cf`` False are the zero vector.
 
@@ -225,7 +207,7 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
     _check_out_dir(out_dir)  # fail before training, not after
     data = PreparedDataset.load(data_dir)
     result = fit_sasrec(data, config, log_to_mlflow=log_to_mlflow, experiment="tokenizers", run_name="cf")
-    has_cf = torch.from_numpy(trained_items(data))
+    has_cf = torch.from_numpy(data.train_item_mask())
     info = {
         "source": "sasrec",
         "config": dataclasses.asdict(config),
@@ -406,7 +388,7 @@ def import_cf_embeddings(path: str | Path, data_dir: str | Path, out_dir: str | 
         )
     nonzero = np.abs(array).sum(axis=1) > 0
     flags = nonzero if flags is None else (flags & nonzero)
-    trained = trained_items(data)
+    trained = data.train_item_mask()
     counts.update(
         {
             "zero_or_missing_rows": int((~flags).sum()),

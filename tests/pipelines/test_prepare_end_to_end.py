@@ -10,7 +10,7 @@ import pytest
 from pipeline_files import write
 
 from recsys.cli import main
-from recsys.errors import ConfigError
+from recsys.errors import ArtifactError, ConfigError
 from recsys.pipelines.embedded import DatasetUnavailableError, ensure_ml100k
 from recsys.pipelines.prepare import PrepareConfig, check_output, prepare
 from recsys.pipelines.prepared import PreparedDataset
@@ -136,6 +136,11 @@ def test_temporal_split_labels_users_and_cold_items(tmp_path):
     assert warm.tolist() == (~items.sort("item_idx")["is_cold"].to_numpy()).tolist()
     assert not warm[items.filter(pl.col("item_id") == "new")["item_idx"].item()]
     _check_contract(out)
+
+    # a hand-edited interactions table naming an item outside the catalogue gets a clear error
+    interactions.with_columns(pl.col("item_idx") + items.height).write_parquet(out / "interactions.parquet")
+    with pytest.raises(ArtifactError, match=r"interactions.parquet: item_idx outside 0\.\."):
+        PreparedDataset.load(out).train_item_mask()
 
 
 def test_stats_command_prints_the_table(tmp_path, generic_source, capsys):

@@ -16,7 +16,6 @@ from recsys.tokenizers.cf import (
     EMBEDDINGS_FILE,
     import_cf_embeddings,
     load_cf_embeddings,
-    trained_items,
 )
 
 @pytest.fixture(autouse=True)
@@ -63,7 +62,7 @@ def test_training_writes_embeddings_with_the_unseen_rule(trained_cf):
     embeddings, has_cf = load_cf_embeddings(out)
     assert embeddings.shape == (data.num_items, TINY["hidden_size"]) and embeddings.dtype == torch.float32
     assert has_cf.dtype == torch.bool
-    expected = torch.from_numpy(trained_items(data))
+    expected = torch.from_numpy(data.train_item_mask())
     assert torch.equal(has_cf, expected)
     assert not has_cf[-1]  # the fixture's last item never occurs in train
     assert torch.all(embeddings[~has_cf] == 0)
