@@ -17,6 +17,7 @@ from recsys.pipelines.steps import (
     order_events,
     order_events_reference,
 )
+from recsys.pipelines import validate
 from recsys.pipelines.validate import _typed_if_clean, check_interactions
 
 
@@ -122,7 +123,7 @@ def _tables(frame: pl.DataFrame) -> SourceTables:
 
 
 @pytest.mark.parametrize("ids", ["ints", "text"])
-def test_clean_row_check_equals_the_row_by_row_check(ids):
+def test_clean_row_check_equals_the_row_by_row_check(ids, monkeypatch):
     rng = np.random.default_rng(0)
     n = 200
     raw = pl.DataFrame(
@@ -145,7 +146,14 @@ def test_clean_row_check_equals_the_row_by_row_check(ids):
         assert isinstance(fast.schema["user_id"], pl.Enum) and isinstance(fast.schema["item_id"], pl.Enum)
         assert fast["item_id"].dtype.categories.to_list() == encode_ids_reference(raw["item_id"])[1].to_list()
     assert fast.with_columns(pl.col("user_id", "item_id").cast(pl.String)).equals(reference)
-    assert checked.equals(fast)
+    assert checked.equals(fast)  # clean input takes the fast path
+    # The row-by-row check itself, forced: clean input never reaches it otherwise.
+    monkeypatch.setattr(validate, "_typed_if_clean", lambda *args, **kwargs: None)
+    log = RowLog("error")
+    slow = check_interactions(_tables(raw), log)
+    assert slow.schema["user_id"] == pl.String and slow.schema["item_id"] == pl.String
+    assert slow.equals(reference)
+    assert slow.equals(fast.with_columns(pl.col("user_id", "item_id").cast(pl.String)))
 
 
 @pytest.mark.parametrize(

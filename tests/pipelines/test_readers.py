@@ -150,8 +150,30 @@ def test_detect_unknown_lists_the_expected_layouts(tmp_path):
         detect(tmp_path)
 
 
-def test_format_override_beats_detection(tmp_path):
-    # A ratings-like CSV with a header: auto sees a generic table; --format generic reads it.
-    write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,a,1\n")
-    tables = read_source(tmp_path / "events.csv", "generic", RowLog())
-    assert tables.format == "generic"
+def _two_layouts(root):
+    """A folder that detects as MovieLens-100k (u.data) and also holds a generic table with other events."""
+    write(root / "u.data", "1\t10\t5\t881250949\n1\t20\t3\t881250950\n1\t30\t4\t881250951\n")
+    write(root / "interactions.csv", "user_id,item_id,timestamp\nalice,hammer,1\nalice,saw,2\nalice,drill,3\n")
+    return root
+
+
+def test_format_override_reads_a_source_that_detects_as_another_format(tmp_path):
+    source = _two_layouts(tmp_path)
+    assert detect(source) == "movielens-100k"
+    auto = read_source(source, "auto", RowLog())
+    assert auto.format == "movielens-100k" and _events(auto)["item_id"].to_list() == ["10", "20", "30"]
+    forced = read_source(source, "generic", RowLog())
+    assert forced.format == "generic"
+    assert _events(forced).select("user_id", "item_id").rows() == [("alice", "hammer"), ("alice", "saw"), ("alice", "drill")]
+
+
+def test_format_flag_of_data_prepare_beats_detection(tmp_path):
+    from recsys.cli import main
+    from recsys.pipelines.prepared import PreparedDataset
+
+    source = _two_layouts(tmp_path / "source")
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "--source", str(source), "--out", str(out), "--kcore", "0", "--format", "generic"]) == 0
+    data = PreparedDataset.load(out)
+    assert data.manifest["source"]["format"] == "generic"
+    assert sorted(data.items["item_id"].to_list()) == ["drill", "hammer", "saw"]
