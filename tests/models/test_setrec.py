@@ -146,15 +146,6 @@ def test_scores_are_the_beta_weighted_inner_products(backbone):
     assert model.query_vectors(histories, beta).shape == (3, (N + 1) * model.hidden_size)
 
 
-@pytest.mark.parametrize("token_set,k", [("cf", 1), ("semantic", N)])
-def test_token_set_ablations(token_set, k):
-    model = make_model("qwen", token_set=token_set)
-    histories = pad_histories([[1, 2], [3]], max_len=2)
-    assert model.item_table().shape == (NUM_ITEMS, k, model.hidden_size)
-    assert model.query_states(histories).shape == (2, k, model.hidden_size)
-    assert model.score_all(histories, beta=0.9).shape == (2, NUM_ITEMS)
-
-
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_autoregressive_ablation(backbone):
     model = make_model(backbone, generation="autoregressive")
