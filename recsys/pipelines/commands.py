@@ -64,6 +64,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         max_text_chars=args.max_text_chars,
         catalogue_only=args.catalogue_only,
     )
+    import sys
+
     manifest = prepare(config)
     counts = manifest["counts"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in counts["rows_dropped"].items()) or "none"
@@ -73,6 +75,16 @@ def run_prepare(args: argparse.Namespace) -> int:
         f"{counts['interactions']:,} interactions of {counts['rows_read']:,} read; dropped: {dropped}; "
         f"{manifest['seconds']} s"
     )
+    time = manifest["source"].get("time") or {}
+    if time:
+        print(f"time column {time.get('column')!r}: {time.get('kind')}, ts in {time.get('unit')} "
+              f"(unit from the {time.get('unit_from')})")
+    if "kcore_removed_per_split" in counts:
+        removed = counts["kcore_removed_per_split"]
+        print(f"split: as given by the source; the k-core removed {removed['train']:,} train, {removed['valid']:,} valid "
+              f"and {removed['test']:,} test rows of it (--kcore 0 keeps the split exactly as given)")
+    for warning in manifest.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

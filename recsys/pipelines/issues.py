@@ -36,11 +36,14 @@ class RowLog:
         policy: "error" raises :class:`DataFormatError` at the first bad row; "drop" counts it.
         dropped: interaction rows removed, per reason (bad rows and cleaning steps alike).
         items_dropped: item rows removed, per reason.
+        item_text: what cleaning removed from item text values: kind -> field -> values
+            (see :func:`recsys.pipelines.text.cleaning_flags`), plus ``cut_to_max_text_chars``.
     """
 
     policy: str = "error"
     dropped: Counter = field(default_factory=Counter)
     items_dropped: Counter = field(default_factory=Counter)
+    item_text: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -74,6 +77,16 @@ class RowLog:
             more = f" ({count - 1} more row(s) with the same problem)" if count > 1 else ""
             raise DataFormatError(f"{detail}{more} [{reason}]. {DROP_HINT}", path=path, line=line, column=column)
         self.count(reason, count, items=items)
+
+    def count_text(self, kind: str, field_name: str | None, count: int) -> None:
+        """Count ``count`` item text values that cleaning changed by ``kind`` (None field: whole texts)."""
+        if count <= 0:
+            return
+        if field_name is None:
+            self.item_text[kind] = self.item_text.get(kind, 0) + int(count)
+        else:
+            per_field = self.item_text.setdefault(kind, {})
+            per_field[field_name] = per_field.get(field_name, 0) + int(count)
 
     def count(self, reason: str, count: int, *, items: bool = False) -> None:
         """Count rows removed by a cleaning step (never an error: blank lines, k-core...)."""

@@ -158,6 +158,18 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
     ever_seen[item_codes if present is None else item_codes[present]] = True
     keep = kcore_mask(events["_u"].to_numpy(), item_codes, config.kcore, present)
     log.count("kcore", rows_left - int(keep.sum()))
+    facts: dict = {"warnings": []}
+    if "split" in events.columns:  # a split given by the source: say what the k-core took from each part
+        removed = ~keep if present is None else present & ~keep
+        taken = events.filter(pl.Series(removed))["split"].value_counts()
+        per_split = {split: 0 for split in SPLITS} | dict(zip(taken["split"].to_list(), taken["count"].to_list()))
+        facts["kcore_removed_per_split"] = per_split
+        if per_split["valid"] or per_split["test"]:
+            facts["warnings"].append(
+                f"the source's split is kept, but the {config.kcore}-core filter removed {per_split['valid']:,} valid and "
+                f"{per_split['test']:,} test rows of it (and {per_split['train']:,} train rows); "
+                "pass --kcore 0 to keep the split exactly as given"
+            )
     events = events.drop(LINE).filter(pl.Series(keep))  # the order is final: lines are no longer needed
     require_any_rows(events, tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
 
@@ -182,7 +194,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         pl.Series("item_idx", item_new[events["_i"].to_numpy()], dtype=pl.Int32),
     )
 
-    facts: dict = {"rows_read": rows_read, "items_read": items_read, "catalogue_only_items": int(catalogue_only.sum())}
+    facts |= {"rows_read": rows_read, "items_read": items_read, "catalogue_only_items": int(catalogue_only.sum())}
     if "split" in events.columns:
         split_codes = events["split"].cast(SPLIT_DTYPE)
         facts["split"] = "source"
@@ -200,6 +212,7 @@ def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tu
         codes, cuts = temporal_splits(events["ts"].to_numpy(), config.valid_fraction, config.test_fraction)
         split_codes = pl.Series(SPLITS, dtype=SPLIT_DTYPE).gather(codes)
         facts["split"] = "temporal"
+        facts["warnings"] += cuts.pop("warnings")
         facts["temporal_cuts"] = cuts
     interactions = events.select(
         "user_idx", "item_idx", pl.col("ts").cast(pl.Int64), split_codes.alias("split")
@@ -237,6 +250,9 @@ def _counts(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame
     }
     if "loo_users_without_valid_test" in facts:
         counts["loo_users_without_valid_test"] = facts["loo_users_without_valid_test"]
+    if "kcore_removed_per_split" in facts:
+        counts["kcore_removed_per_split"] = facts["kcore_removed_per_split"]
+    counts["item_text"] = log.item_text
     return counts
 
 
@@ -303,10 +319,12 @@ def prepare(config: PrepareConfig) -> dict:
             "files": [
                 {"path": str(f.resolve()), "sha256": digest, "bytes": f.stat().st_size} for f, digest in zip(tables.files, hashes)
             ],
+            "time": tables.time_info,
             **({"notes": tables.notes} if tables.notes else {}),
         },
         "parameters": {**asdict(config), "split_used": facts["split"], **({"temporal_cuts": facts["temporal_cuts"]} if "temporal_cuts" in facts else {})},
         "counts": _counts(interactions, items, users, log, facts),
+        "warnings": facts["warnings"],
         "seconds": None,
     }
     manifest["parameters"]["out"] = str(Path(config.out).expanduser().resolve())

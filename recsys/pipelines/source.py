@@ -19,6 +19,8 @@ from typing import Callable
 
 import polars as pl
 
+from recsys.pipelines.tables import DelimitedLayout
+
 #: Item fields that make up the item text, in the order they appear in it.
 TEXT_FIELDS = ("title", "year", "brand", "categories", "genres", "features", "description")
 
@@ -39,6 +41,17 @@ class SourceTables:
         read_typed: when set, a fast read of the interactions already typed (``_line``,
             ``user_id``, ``item_id``, ``ts`` as Int64), or None when the source needs the
             text path; its result equals what the row checks make of ``interactions``.
+        interactions_layout: the shape every row of a delimited interactions file must have
+            (None for JSON lines and Parquet); the row checks report rows of another shape.
+        items_layout: the same for a delimited item file.
+        source_columns: canonical column -> the name the user's file gives it
+            (``{"ts": "unixReviewTime"}``), so that messages name the user's column;
+            columns not listed keep their canonical name.
+        item_source_columns: the same for the item file.
+        time_unit: the unit the format documents for its time column ("s", "ms"), or None
+            to infer it from the values (see :mod:`recsys.pipelines.times`).
+        time_info: what the row checks detected about the time column (form, unit, the
+            user's column name), for manifest.json; filled by ``check_interactions``.
     """
 
     format: str
@@ -50,3 +63,13 @@ class SourceTables:
     files: list[Path] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     read_typed: Callable[[], pl.DataFrame | None] | None = None
+    interactions_layout: DelimitedLayout | None = None
+    items_layout: DelimitedLayout | None = None
+    source_columns: dict[str, str] = field(default_factory=dict)
+    item_source_columns: dict[str, str] = field(default_factory=dict)
+    time_unit: str | None = None
+    time_info: dict = field(default_factory=dict)
+
+    def column(self, name: str, *, items: bool = False) -> str:
+        """The user's name of canonical column ``name`` (for messages)."""
+        return (self.item_source_columns if items else self.source_columns).get(name, name)

@@ -340,24 +340,79 @@ def loo_splits(user_idx: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def temporal_splits(ts: np.ndarray, valid_fraction: float, test_fraction: float) -> tuple[np.ndarray, dict]:
-    """Global time cuts: the latest ``test_fraction`` of events is test, the ``valid_fraction`` before it valid.
+    """Global time cuts: about the latest ``test_fraction`` of events is test, the ``valid_fraction`` before it valid.
 
     An event at or after the test cut time is test; at or after the valid cut time, valid.
-    Equal times always land in the same split, so split sizes can differ from the fractions.
+    Equal times always land in the same split, so the cuts are chosen among the distinct
+    times: the test cut gives the test split the size closest to ``test_fraction`` of the
+    events (never empty), then the valid cut the valid size closest to ``valid_fraction``
+    among the earlier times (never empty when ``valid_fraction`` > 0; train is never empty).
+    With many events on one time (a bulk import), a split can come out far from its
+    fraction: ``warnings`` in the returned facts then says so (manifest.json and the
+    command's output carry it).
+
+    Args:
+        ts: the time of each event (any order).
+        valid_fraction, test_fraction: the asked shares of all events.
 
     Returns:
-        split codes (0 train, 1 valid, 2 test) and the cut times.
+        split codes (0 train, 1 valid, 2 test) and the facts: cut times, asked and actual
+        fractions, warnings.
+
+    Raises:
+        ConfigError: the times cannot give non-empty train, valid (when asked) and test
+            splits (too few distinct times); the message says how many there are.
+
+    Example:
+        >>> codes, facts = temporal_splits(np.array([1, 2, 3, 4, 5, 5, 5]), 0.15, 0.15)
+        >>> codes.tolist(), facts["test_from_ts"]
+        ([0, 0, 0, 1, 2, 2, 2], 5)
     """
     if not (0 <= valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
         raise ConfigError("temporal split fractions must satisfy 0 <= valid, 0 < test and valid + test < 1")
-    ordered = np.sort(ts)
-    n = len(ordered)
-    test_cut = int(ordered[min(n - 1, int(np.floor(n * (1 - test_fraction))))])
-    valid_cut = int(ordered[min(n - 1, int(np.floor(n * (1 - test_fraction - valid_fraction))))])
+    n = len(ts)
+    values, counts = np.unique(ts, return_counts=True)
+    needed = 3 if valid_fraction > 0 else 2
+    if len(values) < needed:
+        raise ConfigError(
+            f"a temporal split needs at least {needed} distinct times (train, {'valid, ' if needed == 3 else ''}test); "
+            f"the {n:,} events have {len(values)}: equal times always share a split. Use --split loo"
+        )
+    at_or_after = np.cumsum(counts[::-1])[::-1]  # events at or after each distinct time
+    test_target = test_fraction * n
+    # the test cut: index 1..m-1 (m-2 when valid needs a time before it); ties go to the larger split
+    last = len(values) - 1
+    first_test = 2 if valid_fraction > 0 else 1
+    options = np.arange(first_test, last + 1)
+    test_at = int(options[np.lexsort((-at_or_after[options], np.abs(at_or_after[options] - test_target)))[0]])
+    test_size = int(at_or_after[test_at])
+    if valid_fraction > 0:
+        options = np.arange(1, test_at)
+        sizes = at_or_after[options] - test_size
+        valid_at = int(options[np.lexsort((-sizes, np.abs(sizes - valid_fraction * n)))[0]])
+    else:
+        valid_at = test_at
+    valid_cut, test_cut = values[valid_at], values[test_at]
     codes = np.zeros(n, dtype=np.int8)
     codes[ts >= valid_cut] = 1
     codes[ts >= test_cut] = 2
-    return codes, {"valid_from_ts": valid_cut, "test_from_ts": test_cut}
+    valid_size = int(at_or_after[valid_at]) - test_size
+    facts = {
+        "valid_from_ts": int(valid_cut),
+        "test_from_ts": int(test_cut),
+        "valid_fraction_asked": valid_fraction,
+        "valid_fraction_actual": round(valid_size / n, 6),
+        "test_fraction_asked": test_fraction,
+        "test_fraction_actual": round(test_size / n, 6),
+        "warnings": [],
+    }
+    for split, asked, size in (("valid", valid_fraction, valid_size), ("test", test_fraction, test_size)):
+        if asked > 0 and abs(size / n - asked) > 0.5 * asked:
+            facts["warnings"].append(
+                f"temporal split: {split} holds {size:,} of {n:,} events ({size / n:.1%}), asked {asked:.1%}: "
+                f"many events share the times at the cuts (equal times always share a split)"
+            )
+    return codes, facts
 
 
 def split_counts_reference(interactions: pl.DataFrame) -> dict:

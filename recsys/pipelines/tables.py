@@ -18,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -51,6 +53,10 @@ def scan_delimited(
     quote_char: str | None = '"',
 ) -> pl.LazyFrame:
     """Scan a CSV/TSV file lazily with every column as text and a 1-based ``_line`` column.
+
+    Rows with more fields than the header are cut and rows with fewer are filled with nulls
+    here: :func:`scan_delimited_checked` also returns the :class:`DelimitedLayout` with which
+    the row checks find those rows (:func:`ragged_lines`). Readers use that one.
 
     Args:
         path: the file.
@@ -85,6 +91,230 @@ def scan_delimited(
             line=1,
         )
     return frame.select([pl.col(LINE).cast(pl.Int64), *[pl.col(c) for c in columns if c != LINE]])
+
+
+#: Separators a delimited file might use instead of the expected one, as named in messages.
+_OTHER_SEPARATORS = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "vertical bars", " ": "spaces"}
+
+
+def check_header_separator(path: Path, header: list[str], separator: str, *, what: str) -> None:
+    """Raise when a header read with ``separator`` is one field that another separator would split.
+
+    ``user_id:token item_id:token`` read as tab-separated is one field; without this check
+    the user would be told that ``item_id`` is missing, although it is in the header.
+
+    Args:
+        path: the file (for the message).
+        header: the header fields as read with ``separator``.
+        separator: the separator the format requires.
+        what: how the format is named in the message ("RecBole atomic files are tab-separated").
+
+    Raises:
+        DataFormatError: at line 1, naming the separator found.
+    """
+    if len(header) != 1:
+        return
+    field = header[0]
+    found = [name for sep, name in _OTHER_SEPARATORS.items() if sep != separator and sep in field.strip()]
+    if found:
+        raise DataFormatError(
+            f"the header is one field ({field.strip()[:80]!r}) separated by {found[0]}; {what}. "
+            "Save the file with the expected separator, or choose another --format",
+            path=path,
+            line=1,
+        )
+
+
+def scan_delimited_checked(
+    path: str | Path,
+    *,
+    separator: str = ",",
+    names: list[str] | None = None,
+    quote_char: str | None = '"',
+    what: str | None = None,
+    layout_separator: str | None = None,
+    fields: int | None = None,
+) -> tuple[pl.LazyFrame, DelimitedLayout]:
+    """:func:`scan_delimited` plus the file's :class:`DelimitedLayout` (the shape every row must have).
+
+    Args:
+        path, separator, names, quote_char: as for :func:`scan_delimited`.
+        what: the format's rule, said when the header is one field another separator would split
+            (default: "the file must be separated by <separator>").
+        layout_separator: the separator rows are counted by, when it differs from the scan's
+            (``"::"`` for GroupLens ``.dat`` files scanned on ``":"``).
+        fields: the number of fields each row must have (default: the names' or the header's).
+
+    Example:
+        >>> frame, layout = scan_delimited_checked("interactions.csv")
+        >>> layout.fields
+        3
+    """
+    path = Path(path)
+    frame = scan_delimited(path, separator=separator, names=names, quote_char=quote_char)
+    header = [c for c in frame.collect_schema().names() if c != LINE]
+    if names is None:
+        shown = {",": "commas", "\t": "tabs"}.get(separator, repr(separator))
+        check_header_separator(path, header, separator, what=what or f"this file must be separated by {shown}")
+    count = fields if fields is not None else len(names) if names is not None else len(header)
+    layout = DelimitedLayout(
+        path=path,
+        separator=layout_separator or separator,
+        quote_char=quote_char,
+        fields=count,
+        first_line=1 if names is not None else 2,
+        names=tuple(names or header),
+    )
+    return frame, layout
+
+
+@dataclass(frozen=True)
+class DelimitedLayout:
+    """What a delimited file's rows must look like: the separator, the quoting and the field count.
+
+    Readers return one per delimited file (:class:`~recsys.pipelines.source.SourceTables`);
+    the row checks call :func:`ragged_lines` with it on the text path only, so a file read
+    typed by :func:`read_integer_table` (whose size already proves every row's shape) costs
+    nothing more.
+
+    Attributes:
+        path: the file.
+        separator: the field separator, one byte or ``"::"`` (GroupLens ``.dat`` files).
+        quote_char: the quoting character, or None for formats that never quote.
+        fields: the number of fields every row must have (the header's, or the format's).
+        first_line: the 1-based line of the first data row (2 after a header line).
+        names: the field names, for messages.
+    """
+
+    path: Path
+    separator: str
+    quote_char: str | None
+    fields: int
+    first_line: int
+    names: tuple[str, ...] = ()
+
+
+#: Bytes of a delimited file read per block by :func:`ragged_lines`.
+_RAGGED_BLOCK = 1 << 26
+
+
+def ragged_lines(layout: DelimitedLayout) -> pl.DataFrame:
+    """The data lines of a delimited file whose field count is not ``layout.fields``.
+
+    A value holding an unquoted separator (``u1,12,34,1700000002`` under a three-column
+    header) shifts every later field; a short row silently leaves fields empty. Both are
+    found here, exactly, before any value is typed. Blank lines are left to the row checks
+    (they are counted as ``blank_line``). Lines without the quoting character are counted
+    with NumPy over the raw bytes (invalid UTF-8 does not matter); lines with it are split
+    by Python's ``csv`` module, as Polars reads them. When a quoted value spans lines (a
+    newline inside quotes), the whole file is counted record by record instead, each record
+    numbered as the CSV scan numbers its rows.
+
+    Args:
+        layout: the file's :class:`DelimitedLayout`.
+
+    Returns:
+        ``_line`` (Int64, the row number the scan gives that row) and ``_fields`` (Int64,
+        the fields found), one row per ragged line, in line order; empty when none.
+
+    Example:
+        >>> ragged_lines(DelimitedLayout(Path("interactions.csv"), ",", '"', 3, 2)).rows()
+        [(3, 4)]
+    """
+    separator = layout.separator.encode()
+    quote = layout.quote_char.encode() if layout.quote_char else None
+    lines: list[int] = []
+    found: list[int] = []
+    first_line_number = 1
+    carry = b""
+    with open(layout.path, "rb") as handle:
+        while True:
+            block = handle.read(_RAGGED_BLOCK)
+            data = carry + block
+            if not data:
+                break
+            if block:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # no line end yet: read on
+                    carry = data
+                    continue
+                data, carry = data[:cut], data[cut:]
+            else:
+                carry = b""
+                if not data.endswith(b"\n"):
+                    data += b"\n"  # the last line has no line end
+            result = _ragged_in_block(data, first_line_number, separator, quote, layout)
+            if result is None:
+                return _ragged_records(layout)
+            lines += result[0]
+            found += result[1]
+            first_line_number += data.count(b"\n")
+            if not block:
+                break
+    return pl.DataFrame({LINE: pl.Series(lines, dtype=pl.Int64), "_fields": pl.Series(found, dtype=pl.Int64)})
+
+
+def _ragged_in_block(data: bytes, first: int, separator: bytes, quote: bytes | None, layout: DelimitedLayout):
+    """Ragged lines of whole lines ``data`` (first line numbered ``first``), or None when a quoted value spans lines."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    hits = np.flatnonzero(buffer == separator[0])
+    if len(separator) == 2:  # "::": a pair of separator bytes is one separator
+        hits = _non_overlapping(hits[:-1][buffer[hits[:-1] + 1] == separator[1]]) if len(hits) > 1 else hits[:0]
+    counts = np.bincount(np.searchsorted(ends, hits), minlength=len(ends))
+    number = np.arange(first, first + len(ends))
+    quoted = np.zeros(len(ends), dtype=bool)
+    if quote is not None:
+        quoted[np.searchsorted(ends, np.flatnonzero(buffer == quote[0]))] = True
+    data_row = number >= layout.first_line
+    found: dict[int, int] = {}
+    for row in np.flatnonzero(data_row & ~quoted & (counts + 1 != layout.fields)).tolist():
+        if counts[row] == 0 and not data[starts[row] : ends[row]].strip():
+            continue  # a blank line: counted by the row checks
+        found[int(number[row])] = int(counts[row]) + 1
+    for row in np.flatnonzero(data_row & quoted).tolist():
+        text = data[starts[row] : ends[row]].decode("utf-8", errors="replace").rstrip("\r")
+        try:
+            fields = next(csv.reader([text], delimiter=layout.separator, quotechar=layout.quote_char, strict=True))
+        except csv.Error:
+            return None  # an open quote: the value goes on on the next line
+        if len(fields) != layout.fields:
+            found[int(number[row])] = len(fields)
+    return sorted(found), [found[line] for line in sorted(found)]
+
+
+def _non_overlapping(hits: np.ndarray) -> np.ndarray:
+    """Start positions of non-overlapping two-byte separators from all matching starts (":::" is one)."""
+    if len(hits) < 2:
+        return hits
+    keep = np.ones(len(hits), dtype=bool)
+    previous = -2
+    overlapping = np.flatnonzero(np.diff(hits) == 1)
+    if len(overlapping) == 0:
+        return hits
+    for index, position in enumerate(hits.tolist()):  # rare: runs of three or more separator bytes
+        if position - previous < 2:
+            keep[index] = False
+        else:
+            previous = position
+    return hits[keep]
+
+
+def _ragged_records(layout: DelimitedLayout) -> pl.DataFrame:
+    """:func:`ragged_lines` for a file with quoted values spanning lines: every record through ``csv``."""
+    lines: list[int] = []
+    found: list[int] = []
+    with open(layout.path, encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.reader(handle, delimiter=layout.separator, quotechar=layout.quote_char or '"',
+                            quoting=csv.QUOTE_MINIMAL if layout.quote_char else csv.QUOTE_NONE)
+        for number, fields in enumerate(reader, start=1):
+            if number < layout.first_line or not fields or fields == [""]:
+                continue
+            if len(fields) != layout.fields:
+                lines.append(number)
+                found.append(len(fields))
+    return pl.DataFrame({LINE: pl.Series(lines, dtype=pl.Int64), "_fields": pl.Series(found, dtype=pl.Int64)})
 
 
 def scan_parquet(path: str | Path) -> pl.LazyFrame:

@@ -1,9 +1,13 @@
 """Item text: clean each source field and assemble one bounded text per item.
 
-Cleaning, per field: stringified lists (``"['a', 'b']"``, JSON arrays, nested lists) are
-flattened into their elements, HTML entities are unescaped, tags are removed, whitespace
-is collapsed. The text is ``Title. Brand: ... Categories: ... Description: ...`` over the
+Cleaning, per field: a value that IS a serialized list as a whole (``"['a', 'b']"``, a JSON
+array, a list of lists; elements quoted strings or numbers) is flattened into its elements;
+any other value, even one that starts with ``[`` and ends with ``]`` (Amazon titles such as
+``[The River Atlas] [By: Roe, Sam]``), is kept verbatim. HTML entities are unescaped, HTML
+tags (``<b>``, ``</p>``, ``<br/>``, comments) are removed, whitespace is collapsed. The text
+is ``Title. Brand: ... Categories: ... Description: ...`` over the
 :data:`~recsys.pipelines.source.TEXT_FIELDS` present, cut to ``max_chars`` characters.
+:func:`cleaning_flags` marks, per value, what cleaning removes, so that it is counted.
 
 Example:
     >>> frame = pl.DataFrame({"title": ["Saw &amp; Blade"], "categories": ["['Tools', 'Saws']"]})
@@ -22,6 +26,15 @@ from recsys.pipelines.source import TEXT_FIELDS
 
 #: A quoted element of a stringified Python list or JSON array.
 _QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+#: A number element of a serialized list.
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_SCALAR = rf"(?:{_QUOTED}|{_NUMBER})"
+_FLAT_LIST = rf"\[\s*(?:{_SCALAR}\s*(?:,\s*{_SCALAR}\s*)*,?\s*)?\]"
+_ELEMENT = rf"(?:{_SCALAR}|{_FLAT_LIST})"
+#: A whole value that is a serialized list (of scalars, or of lists of scalars): only these are flattened.
+SERIALIZED_LIST = rf"^\[\s*(?:{_ELEMENT}\s*(?:,\s*{_ELEMENT}\s*)*,?\s*)?\]$"
+#: An HTML tag or comment (a name right after ``<``: "size <10 and >5" is not a tag).
+HTML_TAG = r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"
 #: Field labels in the assembled text (the title needs none).
 LABELS = {
     "brand": "Brand",
@@ -44,6 +57,16 @@ def _unescape(series: pl.Series) -> pl.Series:
     return pl.Series(series.name, values, dtype=pl.String)
 
 
+def is_serialized_list(value: pl.Expr) -> pl.Expr:
+    """Whether each (stripped) text value is a serialized list as a whole (see :data:`SERIALIZED_LIST`).
+
+    Example:
+        >>> pl.DataFrame({"t": ["['a', 'b']", "[Blue] Kettle [XL]"]}).select(is_serialized_list(pl.col("t"))).to_series().to_list()
+        [True, False]
+    """
+    return value.str.contains(SERIALIZED_LIST)
+
+
 def clean_field(name: str, *, separator: str = ", ") -> pl.Expr:
     """An expression cleaning text column ``name`` (see module docstring); empty becomes null.
 
@@ -54,27 +77,55 @@ def clean_field(name: str, *, separator: str = ", ") -> pl.Expr:
     Example:
         >>> pl.DataFrame({"d": ['["<b>x</b>", "y"]']}).select(clean_field("d")).item()
         'x, y'
+        >>> pl.DataFrame({"d": ["[Renewed] Lamp [Blue]"]}).select(clean_field("d")).item()
+        '[Renewed] Lamp [Blue]'
     """
     value = pl.col(name).cast(pl.String).str.strip_chars()
-    is_list = value.str.starts_with("[") & value.str.ends_with("]")
     elements = (
-        value.str.extract_all(_QUOTED)
-        .list.eval(pl.element().str.slice(1, pl.element().str.len_chars() - 2).str.replace_all(r"\\(['\"])", "$1"))
+        value.str.extract_all(rf"{_QUOTED}|{_NUMBER}")
+        .list.eval(
+            pl.when(pl.element().str.starts_with("'") | pl.element().str.starts_with('"'))
+            .then(pl.element().str.slice(1, pl.element().str.len_chars() - 2).str.replace_all(r"\\(['\"])", "$1"))
+            .otherwise(pl.element())
+        )
         .list.eval(pl.element().filter(pl.element().str.strip_chars() != ""))
         .list.join(separator)
     )
-    value = pl.when(is_list).then(elements).otherwise(value)
+    value = pl.when(is_serialized_list(value)).then(elements).otherwise(value)
     value = value.map_batches(_unescape, return_dtype=pl.String)
-    value = value.str.replace_all(r"<[^>]*>", " ").str.replace_all(r"\s+", " ").str.strip_chars()
+    value = value.str.replace_all(HTML_TAG, " ").str.replace_all(r"\s+", " ").str.strip_chars()
     return pl.when(value == "").then(None).otherwise(value).alias(name)
 
 
-def assemble_text(fields: list[str], *, max_chars: int = 2000) -> pl.Expr:
+#: What :func:`cleaning_flags` marks, per field: (flag name, meaning in the manifest).
+CLEANING_FLAGS = ("serialized_list_flattened", "html_tags_removed", "emptied_by_cleaning")
+
+
+def cleaning_flags(name: str) -> list[pl.Expr]:
+    """Boolean columns ``_<flag>:<name>`` marking what cleaning does to each value of ``name``.
+
+    - ``serialized_list_flattened``: the value was a serialized list (its brackets and quotes go);
+    - ``html_tags_removed``: HTML tags or comments were removed from it;
+    - ``emptied_by_cleaning``: the value had text and nothing is left (only tags, say); an
+      empty list (``[]``, ``['']``) holds no text and is not counted.
+
+    The item checks sum them into manifest.json (``counts.item_text``): no text goes unseen.
+    """
+    raw = pl.col(name).cast(pl.String).str.strip_chars()
+    had_text = raw.str.replace_all(r"[\[\]'\",\s]", "").str.len_chars().fill_null(0) > 0  # "[]", "['']": no text
+    return [
+        is_serialized_list(raw).fill_null(False).alias(f"_serialized_list_flattened:{name}"),
+        raw.str.contains(HTML_TAG).fill_null(False).alias(f"_html_tags_removed:{name}"),
+        (had_text & clean_field(name).is_null()).fill_null(False).alias(f"_emptied_by_cleaning:{name}"),
+    ]
+
+
+def assemble_text(fields: list[str], *, max_chars: int | None = 2000) -> pl.Expr:
     """An expression named ``text`` joining the cleaned ``fields`` (in TEXT_FIELDS order).
 
     Args:
         fields: the text fields the item table has (columns already cleaned).
-        max_chars: the longest text kept; longer ones are cut (descriptions come last).
+        max_chars: the longest text kept; longer ones are cut (descriptions come last); None keeps all.
 
     Example:
         >>> pl.DataFrame({"title": ["Toy Story"], "year": ["1995"]}).select(assemble_text(["title", "year"])).item()

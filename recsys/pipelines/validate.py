@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -25,8 +26,9 @@ from recsys.pipelines.ids import canonical_ints
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import TEXT_FIELDS, SourceTables
 from recsys.pipelines.steps import natural_order
-from recsys.pipelines.tables import LINE, REPLACEMENT_CHAR, require_columns
-from recsys.pipelines.text import assemble_text, clean_field
+from recsys.pipelines.tables import LINE, REPLACEMENT_CHAR, DelimitedLayout, ragged_lines, require_columns
+from recsys.pipelines.text import assemble_text, clean_field, cleaning_flags
+from recsys.pipelines.times import describe_out_of_range, integer_times_in_range, parse_times
 
 SPLIT_VALUES = ("train", "valid", "test")
 #: Fields whose list elements are sentences (joined with a space, not a comma).
@@ -34,6 +36,10 @@ PROSE_FIELDS = ("description",)
 _REASON = "_reason"
 _COLUMN = "_column"
 _VALUE = "_value"
+_FIELDS = "_fields_found"
+_TS = "_ts_parsed"
+_TS_OUT = "_ts_out_of_range"
+_FULL_TEXT = "_text_chars_before_cut"
 
 #: Messages per reason, completed with the offending value.
 _DETAILS = {
@@ -75,8 +81,25 @@ def _flags(checks: list[tuple[str, str, pl.Expr, pl.Expr]]) -> list[pl.Expr]:
     return [reason.alias(_REASON), column.alias(_COLUMN), value.alias(_VALUE)]
 
 
-def _report(frame: pl.DataFrame, path: Path, log: RowLog, *, items: bool) -> pl.DataFrame:
-    """Report the flagged rows of ``frame`` (earliest first) and return the others."""
+def _report(
+    frame: pl.DataFrame,
+    path: Path,
+    log: RowLog,
+    *,
+    items: bool,
+    columns: dict[str, str] | None = None,
+    details: dict[str, Callable[[str | None, str], str]] | None = None,
+) -> pl.DataFrame:
+    """Report the flagged rows of ``frame`` (earliest first) and return the others.
+
+    Args:
+        frame: rows with the ``_reason``, ``_column`` and ``_value`` columns of :func:`_flags`.
+        path: the file, for messages.
+        log: the bad-row policy and counts.
+        items: the rows are item rows.
+        columns: canonical column -> the user's name of it, for messages.
+        details: reason -> message from (value, canonical column), replacing :data:`_DETAILS` for that reason.
+    """
     flagged = frame.filter(pl.col(_REASON).is_not_null())
     if flagged.height == 0:
         return frame.drop(_REASON, _COLUMN, _VALUE)
@@ -89,16 +112,37 @@ def _report(frame: pl.DataFrame, path: Path, log: RowLog, *, items: bool) -> pl.
         .agg(pl.len().alias("n"), pl.col(LINE).first(), pl.col(_COLUMN).first(), pl.col(_VALUE).first())
     )
     for reason, count, line, column, value in firsts.iter_rows():
-        detail = _DETAILS.get(reason, reason).format(value=value)
-        log.bad(reason, count, path=path, line=line, column=column, detail=detail, items=items)
+        if details and reason in details:
+            detail = details[reason](value, column)
+        else:
+            detail = _DETAILS.get(reason, reason).format(value=value)
+        shown = (columns or {}).get(column, column) if column else None
+        log.bad(reason, count, path=path, line=line, column=shown, detail=detail, items=items)
     return frame.filter(pl.col(_REASON).is_null()).drop(_REASON, _COLUMN, _VALUE)
+
+
+def _ragged_check(layout: DelimitedLayout | None) -> tuple[pl.DataFrame, tuple[str, str, pl.Expr, pl.Expr] | None]:
+    """The ragged lines of a delimited file and the check flagging them (None when there are none)."""
+    if layout is None:
+        return pl.DataFrame(schema={LINE: pl.Int64, _FIELDS: pl.Int64}), None
+    ragged = ragged_lines(layout).rename({"_fields": _FIELDS})
+    if ragged.height == 0:
+        return ragged, None
+    message = pl.format(f"expected {layout.fields} fields, found {{}}", pl.col(_FIELDS))
+    return ragged, ("ragged_row", "", pl.col(_FIELDS).is_not_null(), message)
 
 
 def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
     """Type the interactions (user_id, item_id str; ts int64; rating f64; split str) and drop bad rows.
 
-    Returns the collected frame in line order (ids as String, or as Int64/Enum from the fast path) with ``_line`` kept for the tie-break. Exact
-    duplicate events are found later, on integer codes (:func:`~recsys.pipelines.steps.drop_duplicate_events`).
+    Returns the collected frame in line order (ids as String, or as Int64/Enum from the fast
+    path) with ``_line`` kept for the tie-break. Exact duplicate events are found later, on
+    integer codes (:func:`~recsys.pipelines.steps.drop_duplicate_events`). The time column
+    is read in any form of :mod:`recsys.pipelines.times`; what was detected is stored in
+    ``tables.time_info`` for the manifest. Bad rows: a row of another field count than the
+    header (``ragged_row``, "expected N fields, found M"), missing or unreadable values, a
+    time outside the possible range (``time_out_of_range``), a bad split name; messages name
+    the user's columns.
 
     Args:
         tables: a reader's output.
@@ -115,21 +159,47 @@ def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
     names = frame.collect_schema().names()
     has_rating = "rating" in names
     has_split = "split" in names
-    typed = [pl.col(LINE), _text("user_id").alias("user_id"), _text("item_id").alias("item_id"), _integer("ts").alias("ts")]
-    data_columns = ["user_id", "item_id", "ts"]
+    time_column = tables.column("ts")
+    position = tables.ts_kind == "position"
+    if tables.read_typed is not None and (read := tables.read_typed()) is not None:
+        # integer file: read typed, every row's shape proven by the file size (see read_integer_table)
+        if position:
+            tables.time_info = {"column": time_column, "kind": "position", "unit": "position", "unit_from": "position"}
+            return read
+        info = integer_times_in_range(read["ts"], column=time_column, unit=tables.time_unit)
+        if info is not None:
+            tables.time_info = info
+            return read  # else some time is out of range: the row checks below report it
+
+    ragged, ragged_check = _ragged_check(tables.interactions_layout)
+    data_columns = ["user_id", "item_id", "ts"] + ["rating"] * has_rating + ["split"] * has_split
+    raw = frame.select(LINE, *[pl.col(c) if c == "ts" else pl.col(c).cast(pl.String) for c in data_columns]).collect()
+    times = parse_times(raw["ts"], column=time_column, unit=tables.time_unit, position=position)
+    tables.time_info = times.info
+    raw = raw.with_columns(pl.col("ts").cast(pl.String))
+    if ragged_check is None and not times.out_of_range.any() and times.info["kind"] in ("unix", "position"):
+        fast = _typed_if_clean(raw, has_rating=has_rating, has_split=has_split)
+        if fast is not None:
+            return fast
+    raw = raw.with_columns(times.values.alias(_TS), times.out_of_range.alias(_TS_OUT))
+    if ragged_check is not None:
+        raw = raw.join(ragged, on=LINE, how="left")
+
+    typed = [pl.col(LINE), _text("user_id").alias("user_id"), _text("item_id").alias("item_id"), pl.col(_TS).alias("ts")]
     if has_rating:
         typed.append(_text("rating").cast(pl.Float64, strict=False).alias("rating"))
-        data_columns.append("rating")
     if has_split:
         typed.append(_text("split").str.to_lowercase().alias("split"))
-        data_columns.append("split")
     all_null = pl.all_horizontal([_text(c).is_null() for c in data_columns])
     checks = [("blank_line", "", all_null, pl.lit(None))]
+    if ragged_check is not None:
+        checks.append(ragged_check)
     for column in ("user_id", "item_id", "ts"):
         checks.append(("missing_value", column, _text(column).is_null(), pl.col(column)))
     for column in ("user_id", "item_id"):
         checks.append(("bad_utf8", column, pl.col(column).cast(pl.String).str.contains(REPLACEMENT_CHAR, literal=True), pl.col(column)))
-    checks.append(("bad_type", "ts", _integer("ts").is_null(), pl.col("ts")))
+    checks.append(("bad_type", "ts", pl.col(_TS).is_null(), pl.col("ts")))
+    checks.append(("time_out_of_range", "ts", pl.col(_TS_OUT), pl.col("ts")))
     if has_rating:
         bad_rating = _text("rating").is_not_null() & _text("rating").cast(pl.Float64, strict=False).is_null()
         checks.append(("bad_type", "rating", bad_rating, pl.col("rating")))
@@ -137,19 +207,34 @@ def check_interactions(tables: SourceTables, log: RowLog) -> pl.DataFrame:
         checks.append(("missing_value", "split", _text("split").is_null(), pl.col("split")))
         bad_split = ~_text("split").str.to_lowercase().is_in(SPLIT_VALUES)
         checks.append(("bad_value", "split", bad_split, pl.col("split")))
-    if tables.read_typed is not None and (read := tables.read_typed()) is not None:
-        return read  # integer file: read typed, nothing to check (see read_integer_table)
-    raw = frame.select(LINE, *[pl.col(c).cast(pl.String) for c in data_columns]).collect()
-    fast = _typed_if_clean(raw, has_rating=has_rating, has_split=has_split)
-    if fast is not None:
-        return fast
     # Type every row and mark the bad ones in one pass; name the reasons for those rows only.
     any_bad = pl.any_horizontal([condition for _, _, condition, _ in checks]).fill_null(False)  # as when/then
     collected = raw.lazy().select(*typed, any_bad.alias("_bad")).collect()
     bad = collected["_bad"]
     flagged = raw.filter(bad).lazy().select(LINE, *_flags(checks)).collect()
-    _report(flagged, path, log, items=False)
+    details = {
+        "ragged_row": lambda value, _: f"{value} (a value holding an unquoted separator?)",
+        "time_out_of_range": lambda value, _: describe_out_of_range(value, times.info),
+        "bad_type": lambda value, column: _bad_type_detail(value, times.info if column == "ts" and not position else None),
+    }
+    _report(flagged, path, log, items=False, columns=tables.source_columns, details=details)
     return collected.filter(~bad).drop("_bad")
+
+
+def _bad_type_detail(value: str | None, info: dict | None) -> str:
+    """The message of a value that is not a number (``info`` None) or not a time of the column's form."""
+    if info is None:
+        return f"{value!r} is not a number"
+    try:
+        float(value or "")
+    except ValueError:
+        pass
+    else:
+        return f"{value!r} is not a number"
+    forms = "unix seconds or milliseconds (integer or with fractions), or an ISO-8601 date or date-time"
+    if info.get("kind") in ("datetime", "date"):
+        return f"{value!r} is not a time: the column holds ISO-8601 {info['kind']}s; expected {forms}"
+    return f"{value!r} is not a number (expected {forms})"
 
 
 def _typed_if_clean(raw: pl.DataFrame, *, has_rating: bool, has_split: bool) -> pl.DataFrame | None:
@@ -217,36 +302,53 @@ def check_items(
     names = [c for c in frame.collect_schema().names() if c != LINE]
     fields = [c for c in names if c != "item_id"]
     text_fields = [c for c in TEXT_FIELDS if c in fields]
-    checks = [
-        ("blank_line", "", pl.all_horizontal([_text(c).is_null() for c in names]), pl.lit(None)),
-        ("missing_value", "item_id", _text("item_id").is_null(), pl.col("item_id")),
-    ]
+    checks = [("blank_line", "", pl.all_horizontal([_text(c).is_null() for c in names]), pl.lit(None))]
+    ragged, ragged_check = _ragged_check(tables.items_layout)
+    if ragged_check is not None:
+        frame = frame.join(ragged.lazy(), on=LINE, how="left")
+        checks.append(ragged_check)
+    checks.append(("missing_value", "item_id", _text("item_id").is_null(), pl.col("item_id")))
     for column in names:
         bad = pl.col(column).cast(pl.String).str.contains(REPLACEMENT_CHAR, literal=True)
         checks.append(("bad_utf8", column, bad, pl.col(column)))
     cleaned = [clean_field(c, separator=" " if c in PROSE_FIELDS else ", ") for c in fields]
+    flags = [flag for c in fields for flag in cleaning_flags(c)]
+    full_text = assemble_text(text_fields, max_chars=None).str.len_chars().alias(_FULL_TEXT)
     collected = (
-        frame.with_columns(*_flags(checks))
+        frame.with_columns(*_flags(checks), *flags)
         .with_columns(_text("item_id").alias("item_id"), *cleaned)
-        .with_columns(assemble_text(text_fields, max_chars=max_text_chars))
+        .with_columns(assemble_text(text_fields, max_chars=max_text_chars), full_text)
         .collect()
     )
-    items = _report(collected, path, log, items=True)
+    flag_columns = [c for c in collected.columns if c.startswith("_") and ":" in c]
+    details = {"ragged_row": lambda value, _: f"{value} (a value holding an unquoted separator?)"}
+    items = _report(collected, path, log, items=True, columns=tables.item_source_columns, details=details)
+    items = items.drop(_FIELDS, strict=False)
 
     duplicates = items.filter(~pl.col("item_id").is_first_distinct())
     if duplicates.height:
         item = duplicates["item_id"][0]
         first = items.filter(pl.col("item_id") == item)[LINE].min()
         detail = f"item {item!r} is listed again (first at line {first})"
-        log.bad("duplicate_item", duplicates.height, path=path, line=duplicates[LINE][0], column="item_id", detail=detail, items=True)
+        log.bad("duplicate_item", duplicates.height, path=path, line=duplicates[LINE][0], column=tables.column("item_id", items=True),
+                detail=detail, items=True)
         items = items.filter(pl.col("item_id").is_first_distinct())
 
     if text_fields:
         empty = items.filter(pl.col("text") == "")
         if empty.height:
             detail = f"item {empty['item_id'][0]!r} has no text (all of {', '.join(text_fields)} are empty)"
-            log.bad("item_without_text", empty.height, path=path, line=empty[LINE][0], column=text_fields[0], detail=detail, items=True)
+            log.bad("item_without_text", empty.height, path=path, line=empty[LINE][0], column=tables.column(text_fields[0], items=True),
+                    detail=detail, items=True)
             items = items.filter(pl.col("text") != "")
+    # What cleaning removed from the items kept, counted: no text goes unseen.
+    if flag_columns:
+        sums = items.select(pl.col(flag_columns).sum()).row(0, named=True)
+        for column, total in sums.items():
+            kind, _, field_name = column[1:].partition(":")
+            log.count_text(kind, tables.column(field_name, items=True), total)
+    log.count_text("cut_to_max_text_chars", None, int((items[_FULL_TEXT] > max_text_chars).sum()))
+    items = items.drop(*flag_columns, _FULL_TEXT)
     listed = collected["item_id"].drop_nulls().unique()
     dropped = listed.filter(~listed.is_in(items["item_id"].implode()))
     return items, dropped

@@ -25,7 +25,7 @@ def _items(rows=ITEMS) -> str:
 CORPUS = {
     "wrong_type_ts": (
         {"interactions.csv": HEADER + GOOD_EVENTS + "u3,a,yesterday\n", "items.jsonl": _items()},
-        ("interactions.csv", 8, "ts", "bad_type"),
+        ("interactions.csv", 8, "timestamp", "bad_type"),  # the user's column name, not the internal ts
         {"bad_type": 1},
         {},
     ),
@@ -237,4 +237,4 @@ def test_wrong_type_in_review_json_is_located(tmp_path, amazon2018_source):
         handle.write(json.dumps({"overall": 5.0, "reviewerID": "R3", "asin": "B01", "unixReviewTime": "last week"}) + "\n")
     with pytest.raises(DataFormatError, match="not a number") as error:
         prepare(PrepareConfig(source=str(amazon2018_source), out=str(tmp_path / "out"), kcore=0))
-    assert (error.value.path, error.value.line, error.value.column) == (str(reviews), 4, "ts")
+    assert (error.value.path, error.value.line, error.value.column) == (str(reviews), 4, "unixReviewTime")

@@ -167,7 +167,7 @@ def test_bad_input_through_the_command_line_exits_2_with_the_location(tmp_path, 
     write(tmp_path / "interactions.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,b,soon\n")
     assert main(["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'interactions.csv'}, line 3, column 'ts'" in err and "--on-bad-rows drop" in err
+    assert f"{tmp_path / 'interactions.csv'}, line 3, column 'timestamp'" in err and "--on-bad-rows drop" in err
     assert main(["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "out"), "--on-bad-rows", "drop",
                  "--kcore", "0"]) == 0
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["rows_dropped"] == {"bad_type": 1}

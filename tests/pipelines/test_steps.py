@@ -57,10 +57,37 @@ def test_loo_last_is_test_second_last_valid_short_users_train():
 def test_temporal_cuts_are_global_and_keep_ties_together():
     ts = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 9])
     codes, cuts = temporal_splits(ts, 0.2, 0.2)
-    assert cuts == {"valid_from_ts": 7, "test_from_ts": 9}
+    assert (cuts["valid_from_ts"], cuts["test_from_ts"]) == (7, 9)
+    assert (cuts["valid_fraction_actual"], cuts["test_fraction_actual"], cuts["warnings"]) == (0.2, 0.2, [])
     assert codes.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 2, 2]
     with pytest.raises(ConfigError):
         temporal_splits(ts, 0.5, 0.5)
+
+
+def test_temporal_cuts_on_tied_times_never_leave_a_split_empty():
+    # 20 events, the last 6 on one time (inputs-1/temporal-cut-ties): the old cuts both fell on 500 (valid empty).
+    ts = np.array([100, 110, 120, 130, 140, 150, 160, 170, 180, 190, 200, 210, 220, 230] + [500] * 6)
+    codes, cuts = temporal_splits(ts, 0.1, 0.1)
+    assert np.bincount(codes, minlength=3).tolist() == [12, 2, 6]
+    assert (cuts["valid_from_ts"], cuts["test_from_ts"]) == (220, 500)
+    assert cuts["test_fraction_actual"] == 0.3 and len(cuts["warnings"]) == 1 and "test holds 6 of 20" in cuts["warnings"][0]
+    # the sizes closest to the asked fractions that the ties allow, whatever the order of the events
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ts = rng.integers(0, rng.integers(3, 30), rng.integers(3, 200))
+        if len(np.unique(ts)) < 3:
+            continue
+        codes, cuts = temporal_splits(ts, 0.1, 0.2)
+        sizes = np.bincount(codes, minlength=3)
+        assert (sizes > 0).all()
+        test_options = [int((ts >= t).sum()) for t in np.unique(ts)[2:]]
+        assert abs(sizes[2] - 0.2 * len(ts)) == min(abs(o - 0.2 * len(ts)) for o in test_options)
+
+
+@pytest.mark.parametrize(("ts", "valid"), [([5, 5, 5], 0.1), ([1, 2, 2], 0.1), ([7, 7], 0.0)])
+def test_temporal_split_without_enough_distinct_times_is_an_error(ts, valid):
+    with pytest.raises(ConfigError, match="distinct times"):
+        temporal_splits(np.array(ts), valid, 0.2)
 
 
 def test_natural_order_numeric_and_text():

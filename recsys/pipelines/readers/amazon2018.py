@@ -1,6 +1,6 @@
 """Amazon reviews 2018: ratings-only CSV, review JSON lines, metadata JSON lines.
 
-- ratings CSV, no header: ``item,user,rating,timestamp`` (unix seconds);
+- ratings CSV, no header: ``item,user,rating,timestamp`` (unix seconds, the documented unit);
 - reviews: one JSON object per line with ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime``;
 - metadata ``meta_<category>.json``: ``asin``, ``title``, ``brand``, ``category`` (list),
   ``feature`` (list), ``description`` (list), ``main_cat``, ``price``.
@@ -19,7 +19,7 @@ from recsys.pipelines.detect import json_format, looks_like_ratings_csv
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.readers.amazon import find_files
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, read_jsonl, scan_delimited
+from recsys.pipelines.tables import LINE, read_jsonl, scan_delimited_checked
 
 REVIEW_FIELDS = {"reviewerID": "user_id", "asin": "item_id", "overall": "rating", "unixReviewTime": "ts"}
 #: metadata key -> canonical item column.
@@ -49,14 +49,30 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         log: where broken JSON lines are reported.
     """
     inter_path, meta_path = find_files(Path(path), _accept)
+    layout = None
     if inter_path.suffix == ".csv":
-        interactions = scan_delimited(inter_path, names=["item_id", "user_id", "rating", "ts"])
+        interactions, layout = scan_delimited_checked(inter_path, names=["item_id", "user_id", "rating", "ts"])
         interactions = interactions.select(LINE, "user_id", "item_id", "ts", "rating")
+        labels = {"item_id": "item", "user_id": "user", "rating": "rating", "ts": "timestamp"}
+        source_columns = {name: f"{label} (field {i})" for i, (name, label) in enumerate(labels.items(), start=1)}
     else:
         interactions = read_jsonl(inter_path, list(REVIEW_FIELDS), log).rename(REVIEW_FIELDS)
+        source_columns = {canonical: name for name, canonical in REVIEW_FIELDS.items()}
     items = None
     if meta_path is not None:
         items = read_jsonl(meta_path, list(META_FIELDS), log, items=True).rename(META_FIELDS)
         items = items.select(LINE, *META_FIELDS.values())
     files = [inter_path] + ([meta_path] if meta_path else [])
-    return SourceTables("amazon2018", interactions, inter_path, items, meta_path, "time", files)
+    return SourceTables(
+        "amazon2018",
+        interactions,
+        inter_path,
+        items,
+        meta_path,
+        "time",
+        files,
+        interactions_layout=layout,
+        source_columns=source_columns,
+        item_source_columns={canonical: name for name, canonical in META_FIELDS.items()},
+        time_unit="s",
+    )

@@ -1,7 +1,7 @@
 """Amazon reviews 2023: review JSON lines and metadata JSON lines.
 
 - reviews ``<category>.jsonl``: ``user_id``, ``parent_asin`` (the item), ``rating``,
-  ``timestamp`` (unix milliseconds; kept as is in ``ts``);
+  ``timestamp`` (unix milliseconds, the documented unit; kept as is in ``ts``);
 - metadata ``meta_<category>.jsonl``: ``parent_asin``, ``title``, ``store`` (the brand),
   ``categories`` (list), ``features`` (list), ``description`` (list), ``main_category``, ``price``.
 
@@ -48,4 +48,15 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         items = read_jsonl(meta_path, list(META_FIELDS), log, items=True).rename(META_FIELDS)
         items = items.select(LINE, *META_FIELDS.values())
     files = [inter_path] + ([meta_path] if meta_path else [])
-    return SourceTables("amazon2023", interactions, inter_path, items, meta_path, "time", files)
+    return SourceTables(
+        "amazon2023",
+        interactions,
+        inter_path,
+        items,
+        meta_path,
+        "time",
+        files,
+        source_columns={canonical: name for name, canonical in REVIEW_FIELDS.items()},
+        item_source_columns={canonical: name for name, canonical in META_FIELDS.items()},
+        time_unit="ms",
+    )

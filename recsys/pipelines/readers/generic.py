@@ -26,7 +26,15 @@ import polars as pl
 from recsys.errors import DataFormatError
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, check_readable, read_integer_table, read_jsonl, scan_delimited, scan_parquet
+from recsys.pipelines.tables import (
+    LINE,
+    DelimitedLayout,
+    check_readable,
+    read_integer_table,
+    read_jsonl,
+    scan_delimited_checked,
+    scan_parquet,
+)
 
 INTERACTION_NAMES = ("interactions.csv", "interactions.tsv", "interactions.parquet")
 ITEM_NAMES = ("items.csv", "items.tsv", "items.jsonl", "items.json", "items.parquet")
@@ -34,14 +42,16 @@ ITEM_NAMES = ("items.csv", "items.tsv", "items.jsonl", "items.json", "items.parq
 TIME_COLUMNS = ("timestamp", "ts", "time", "position")
 
 
-def _scan_table(path: Path, log: RowLog, *, items: bool) -> pl.LazyFrame:
+def _scan_table(path: Path, log: RowLog, *, items: bool) -> tuple[pl.LazyFrame, DelimitedLayout | None]:
+    """The table as text columns plus ``_line``, and its layout when it is delimited (else None)."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return scan_parquet(path)
+        return scan_parquet(path), None
     if suffix in (".jsonl", ".json", ".ndjson"):
-        return read_jsonl(path, jsonl_fields(path), log, items=items)
-    separator = "\t" if suffix == ".tsv" else ","
-    return scan_delimited(path, separator=separator)
+        return read_jsonl(path, jsonl_fields(path), log, items=items), None
+    if suffix == ".tsv":
+        return scan_delimited_checked(path, separator="\t", what=".tsv files are tab-separated")
+    return scan_delimited_checked(path, separator=",", what=".csv files are comma-separated")
 
 
 def jsonl_fields(path: Path, lines: int = 1000) -> list[str]:
@@ -84,7 +94,7 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         log: where bad JSON lines are reported.
     """
     inter_path, items_path = find_files(Path(path))
-    frame = _scan_table(inter_path, log, items=False)
+    frame, layout = _scan_table(inter_path, log, items=False)
     columns = frame.collect_schema().names()
     time_column = next((c for c in TIME_COLUMNS if c in columns), None)
     if time_column is None:
@@ -105,7 +115,7 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
             column=missing[0],
         )
     interactions = frame.select(keep).rename({time_column: "ts"} if time_column != "ts" else {})
-    items = _scan_table(items_path, log, items=True) if items_path is not None else None
+    items, items_layout = _scan_table(items_path, log, items=True) if items_path is not None else (None, None)
     files = [inter_path] + ([items_path] if items_path is not None else [])
     read_typed = None
     if inter_path.suffix.lower() in (".csv", ".tsv") and sorted(c for c in columns if c != LINE) == sorted(keep[1:4]):
@@ -113,4 +123,16 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         separator = "\t" if inter_path.suffix.lower() == ".tsv" else ","
         names = {"user_id": "user_id", "item_id": "item_id", time_column: "ts"}
         read_typed = lambda: read_integer_table(inter_path, separator=separator, columns=names)  # noqa: E731
-    return SourceTables("generic", interactions, inter_path, items, items_path, ts_kind, files, read_typed=read_typed)
+    return SourceTables(
+        "generic",
+        interactions,
+        inter_path,
+        items,
+        items_path,
+        ts_kind,
+        files,
+        read_typed=read_typed,
+        interactions_layout=layout,
+        items_layout=items_layout,
+        source_columns={"ts": time_column},
+    )

@@ -21,7 +21,7 @@ import polars as pl
 from recsys.errors import DataFormatError
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, check_readable, scan_delimited
+from recsys.pipelines.tables import LINE, DelimitedLayout, check_header_separator, check_readable, scan_delimited_checked
 
 #: RecBole field name -> canonical name.
 RENAMES = {
@@ -34,6 +34,10 @@ RENAMES = {
 }
 #: Canonical fields whose space-separated tokens are separate values.
 TOKEN_LISTS = ("genres",)
+#: The field types of RecBole atomic files.
+FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
+#: The rule said when a header does not follow it.
+TAB_RULE = "RecBole atomic files are tab-separated, one name:type field per column"
 
 
 def find_files(path: Path) -> tuple[Path, Path | None]:
@@ -52,11 +56,14 @@ def find_files(path: Path) -> tuple[Path, Path | None]:
     return inter, item if item.is_file() else None
 
 
-def _scan_atomic(path: Path) -> pl.LazyFrame:
+def _scan_atomic(path: Path) -> tuple[pl.LazyFrame, DelimitedLayout, dict[str, str]]:
+    """The file as text columns under canonical names, its layout, and canonical -> source field names."""
     check_readable(path)
     with open(path, "rb") as handle:
-        header = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+        header = handle.readline().decode("utf-8", errors="replace").rstrip("\r\n").lstrip("\ufeff").split("\t")
+    check_header_separator(path, header, "\t", what=TAB_RULE)
     names = []
+    source = {}
     for position, column in enumerate(header, start=1):
         name, _, kind = column.partition(":")
         if not name or not kind:
@@ -65,10 +72,19 @@ def _scan_atomic(path: Path) -> pl.LazyFrame:
                 path=path,
                 line=1,
             )
-        names.append(RENAMES.get(name, name))
-    frame = scan_delimited(path, separator="\t", quote_char=None)
+        if kind not in FIELD_TYPES:
+            raise DataFormatError(
+                f"header field {position} is {column!r}: type {kind!r} is not one of {', '.join(FIELD_TYPES)}; "
+                f"{TAB_RULE}",
+                path=path,
+                line=1,
+            )
+        canonical = RENAMES.get(name, name)
+        names.append(canonical)
+        source[canonical] = name
+    frame, layout = scan_delimited_checked(path, separator="\t", quote_char=None, what=TAB_RULE)
     raw = [c for c in frame.collect_schema().names() if c != LINE]
-    return frame.rename(dict(zip(raw, names)))
+    return frame.rename(dict(zip(raw, names))), layout, source
 
 
 def read(path: str | Path, log: RowLog) -> SourceTables:
@@ -79,17 +95,30 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         log: unused (delimited files flag their bad rows later); kept for the reader signature.
     """
     inter_path, item_path = find_files(Path(path))
-    interactions = _scan_atomic(inter_path)
+    interactions, layout, source_columns = _scan_atomic(inter_path)
     columns = interactions.collect_schema().names()
     keep = [c for c in (LINE, "user_id", "item_id", "ts", "rating") if c in columns]
     interactions = interactions.select(keep)
-    items = None
+    items, items_layout, item_columns = None, None, {}
     if item_path is not None:
-        items = _scan_atomic(item_path)
+        items, items_layout, item_columns = _scan_atomic(item_path)
         items = items.with_columns(
             pl.col(c).str.strip_chars().str.split(" ").list.join(", ")
             for c in TOKEN_LISTS
             if c in items.collect_schema().names()
         )
     files = [inter_path] + ([item_path] if item_path else [])
-    return SourceTables("recbole", interactions, inter_path, items, item_path, "time", files)
+    return SourceTables(
+        "recbole",
+        interactions,
+        inter_path,
+        items,
+        item_path,
+        "time",
+        files,
+        interactions_layout=layout,
+        items_layout=items_layout,
+        source_columns=source_columns,
+        item_source_columns=item_columns,
+        time_unit="s",
+    )
