@@ -13,8 +13,15 @@ A bundle holds everything evaluation and serving need, and nothing they must unp
     items.parquet            the catalogue (item_idx, item_id, text, ...)
     index.faiss              flat inner-product index over the flattened token rows
 
-Writes are atomic (temporary folder, then one rename); loads verify every checksum first and
-refuse pickle files. Query vectors are ``concat((1 - beta) h_0, beta h_1, ..., beta h_N)``.
+Writes are atomic (temporary folder, then one rename). Loads check, before anything is built:
+the manifest's own checksum (``manifest_sha256``: sha256 of the rest of the manifest, so a hand
+edit is caught), its schema and value ranges (:class:`Manifest`: strict types, ``max_len > 0``,
+``0 <= beta <= 1``, positive shapes), every file's checksum, no pickle files, a readable
+``config.yaml`` (safe YAML, a mapping), and that the declared backbone, its config and the
+weights in ``model.safetensors`` agree (the model is built on the ``meta`` device and its
+parameter shapes compared with the file's header) before any weight is allocated. Every
+failure is one :class:`~recsys.errors.ArtifactError` line naming the file and field. Query
+vectors are ``concat((1 - beta) h_0, beta h_1, ..., beta h_N)``.
 
 Example:
     >>> save_bundle(model, "bundles/setrec-ml100k", beta=0.4, max_len=50, items=items,
@@ -25,17 +32,21 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from recsys.errors import ArtifactError
 
-SCHEMA_VERSION = 1
+#: Version 2 added ``manifest_sha256``; version 1 bundles (written before it) still load, range-checked.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 KIND = "setrec-bundle"
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -166,75 +177,269 @@ def save_bundle(
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             "files": {name: _sha256(tmp / name) for name in (MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG)},
         }
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out_dir
 
 
+class Shapes(BaseModel):
+    """``manifest.json`` ``shapes``: sizes of the model and its item table (all > 0)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    num_items: int = Field(gt=0)
+    tokens_per_item: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    cf_dim: int = Field(gt=0)
+    text_dim: int = Field(gt=0)
+    num_semantic_tokens: int = Field(gt=0)
+
+
+class Manifest(BaseModel):
+    """The schema of ``manifest.json`` (strict: a string is not a number, a number not a string).
+
+    Raises (through :func:`read_manifest`): ArtifactError naming the first bad field.
+    """
+
+    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
+    kind: Literal["setrec-bundle"]
+    schema_version: int
+    dataset_fingerprint: str
+    model_config_: dict = Field(alias="model_config")
+    backbone_config: dict
+    shapes: Shapes
+    beta: float = Field(ge=0.0, le=1.0)
+    """Ranking weight of the semantic tokens, in [0, 1]."""
+    max_len: int = Field(gt=0)
+    """History length kept (last items); > 0."""
+    text_encoder: dict = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    files: dict[str, Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]
+    manifest_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+def manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """sha256 (hex) of a manifest without its ``manifest_sha256`` field, in canonical JSON.
+
+    It guards against edits by hand or by a tool that does not know the format; it is no
+    signature (whoever edits the file can recompute it).
+
+    Example:
+        >>> manifest["manifest_sha256"] = manifest_checksum(manifest)
+    """
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _schema_error(manifest_path: Path, error: ValidationError) -> ArtifactError:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return ArtifactError(
+        f"{manifest_path}: field {where}: {first['msg']} (got {shown[:80]}){more}; re-export the bundle, manifests are not edited by hand"
+    )
+
+
 def read_manifest(path: str | Path) -> dict:
-    """The verified manifest of a bundle: every listed file present with its checksum, no pickles.
+    """The verified manifest of a bundle.
+
+    Checks, in order: the file is a JSON object of a set-identifier bundle of a readable schema
+    version; its own checksum (``manifest_sha256``, required from schema version 2); its fields
+    (:class:`Manifest`: strict types and ranges); every listed file present with its sha256; no
+    pickle files.
 
     Raises:
-        ArtifactError: not a bundle, a file missing or changed, or a pickle file present.
+        ArtifactError: one line naming the file and what to do.
     """
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{path} is not a model bundle: {MANIFEST} is missing; train one with `recsys train`")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{manifest_path} is not valid JSON ({error}); the bundle is corrupt, re-export it") from error
+        manifest = json.loads(manifest_path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{manifest_path} is not valid JSON ({_one_line(error)}); the bundle is corrupt, re-export it") from error
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not an object; the bundle is corrupt, re-export it")
     if manifest.get("kind") != KIND:
         raise ArtifactError(f"{path} holds a {manifest.get('kind')!r} artifact, not a set-identifier model bundle")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(f"{manifest_path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}; re-export the bundle")
+    version = manifest.get("schema_version")
+    if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+        raise ArtifactError(f"{manifest_path}: schema_version {version!r} is not one of {READABLE_SCHEMA_VERSIONS}; re-export the bundle")
+    stored = manifest.get("manifest_sha256")
+    if version >= 2 or stored is not None:
+        if not isinstance(stored, str):
+            raise ArtifactError(f"{manifest_path}: manifest_sha256 is missing; the manifest was edited, re-export the bundle")
+        actual = manifest_checksum(manifest)
+        if actual != stored:
+            raise ArtifactError(
+                f"{manifest_path}: its content does not match its manifest_sha256 ({actual[:12]}... vs {stored[:12]}...); "
+                "the manifest was edited by hand or damaged, re-export the bundle"
+            )
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as error:
+        raise _schema_error(manifest_path, error) from error
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise ArtifactError(f"{path} contains pickle files {pickles}; bundles hold safetensors only, remove them")
-    for name, expected in manifest.get("files", {}).items():
+    missing = {MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG} - set(manifest["files"])
+    if missing:
+        raise ArtifactError(f"{manifest_path} lists no checksum for {sorted(missing)}; re-export the bundle")
+    for name, expected in manifest["files"].items():
         file = path / name
-        if not file.is_file():
+        if Path(name).name != name or not file.is_file():
             raise ArtifactError(f"{file} is missing from the bundle; re-export it")
         actual = _sha256(file)
         if actual != expected:
             raise ArtifactError(f"{file}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); the bundle was modified or corrupted")
-    missing = {MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG} - set(manifest.get("files", {}))
-    if missing:
-        raise ArtifactError(f"{manifest_path} lists no checksum for {sorted(missing)}; re-export the bundle")
     return manifest
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
-    """Load a bundle's :class:`SetRecModel` in eval mode after verifying its checksums.
+def read_config(path: str | Path) -> dict:
+    """A bundle's ``config.yaml`` (safe YAML; must be a mapping).
 
-    The returned model has a ``bundle`` attribute (:class:`BundleInfo`: beta, max_len, config, ...).
-
-    Example:
-        >>> model = load_bundle("bundles/setrec-ml100k")
-        >>> scores = model.score_all(histories, beta=model.bundle.beta)
+    Raises:
+        ArtifactError: invalid YAML, a Python tag (refused by the safe loader) or not a mapping.
     """
     import yaml
-    from safetensors.torch import load_model
 
-    from recsys.models.setrec import SetRecConfig, SetRecModel
-    from recsys.tokenizers.identifiers import ItemTokenEncoder
+    file = Path(path) / CONFIG
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{file} is not valid safe YAML ({_one_line(error)[:200]}); re-export the bundle") from error
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{file} holds a YAML {type(config).__name__}, not a mapping; re-export the bundle")
+    return config
+
+
+BACKBONE_MODEL_TYPES = {"qwen": "qwen2", "t5": "t5"}
+
+
+def check_backbone(path: str | Path, manifest: Mapping[str, Any]):
+    """Build the bundle's backbone on the ``meta`` device and compare it with ``model.safetensors``.
+
+    Nothing is allocated: the declared backbone must match the backbone config's
+    ``model_type``, its hidden size ``shapes.hidden_size``, and every parameter of the backbone
+    built from the config on the ``meta`` device must exist in the file with the same shape
+    (read from the safetensors header), and no other ``backbone.*`` tensor, so a config that disagrees
+    with the weights (e.g. ``backbone: qwen`` over a T5 config, which would otherwise build a
+    default 7B Qwen2) is refused before the real model is built.
+
+    Args:
+        path: the bundle directory.
+        manifest: its verified manifest (:func:`read_manifest`).
+
+    Returns:
+        the :class:`~recsys.models.setrec.SetRecConfig` of the manifest.
+
+    Raises:
+        ArtifactError: one line naming the disagreement.
+    """
+    from safetensors import safe_open
+
+    from recsys.errors import ConfigError
+    from recsys.models.setrec import SetRecConfig, build_backbone
 
     path = Path(path)
-    manifest = read_manifest(path)
-    shapes = manifest["shapes"]
-    config = SetRecConfig.from_dict(manifest["model_config"])
-    encoder = ItemTokenEncoder(
+    manifest_path = path / MANIFEST
+    try:
+        config = SetRecConfig.from_dict(manifest["model_config"])
+    except (ConfigError, TypeError, ValueError, KeyError) as error:
+        raise ArtifactError(f"{manifest_path}: model_config is invalid ({_one_line(error)}); re-export the bundle") from error
+    declared = BACKBONE_MODEL_TYPES.get(config.backbone)
+    found = manifest["backbone_config"].get("model_type")
+    if found != declared:
+        raise ArtifactError(
+            f"{manifest_path}: model_config.backbone is {config.backbone!r} but backbone_config.model_type is {found!r} "
+            f"(expected {declared!r}); the manifest contradicts itself, re-export the bundle"
+        )
+    try:
+        with safe_open(str(path / MODEL), framework="pt") as weights:
+            stored = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+    except Exception as error:  # safetensors raises several types for corrupt headers
+        raise ArtifactError(f"{path / MODEL} is not a readable safetensors file ({_one_line(error)}); re-export the bundle") from error
+    hidden = manifest["backbone_config"].get("hidden_size" if config.backbone == "qwen" else "d_model")
+    if hidden != manifest["shapes"]["hidden_size"]:
+        raise ArtifactError(
+            f"{manifest_path}: backbone_config gives hidden size {hidden!r} but shapes.hidden_size is "
+            f"{manifest['shapes']['hidden_size']}; re-export the bundle"
+        )
+    try:
+        with torch.device("meta"):
+            skeleton = build_backbone(config, manifest["backbone_config"])
+    except Exception as error:  # transformers raises many types (huggingface_hub validation errors too) for bad configs
+        raise ArtifactError(f"{manifest_path}: the backbone it describes cannot be built ({_one_line(error)[:300]}); re-export the bundle") from error
+    tensors = {f"backbone.{key}": value for key, value in skeleton.state_dict(keep_vars=True).items()}
+    expected = {key: tuple(value.shape) for key, value in tensors.items()}
+    tied: dict[int, list[str]] = {}  # tied weights (T5's shared embeddings) are stored once
+    for key, value in tensors.items():
+        tied.setdefault(id(value), []).append(key)
+    stored = {key: shape for key, shape in stored.items() if key.startswith("backbone.")}
+    missing = sorted(keys[0] for keys in tied.values() if not any(key in stored for key in keys))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(key for key in set(expected) & set(stored) if expected[key] != stored[key])
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            part for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {unexpected[:3]}" if unexpected else "",
+                f"{wrong[0]} is {stored[wrong[0]]} in the file but {expected[wrong[0]]} in the manifest's model" if wrong else "",
+            ) if part
+        )
+        raise ArtifactError(f"{path / MODEL} does not fit the model {MANIFEST} describes ({detail}); re-export the bundle")
+    return config
+
+
+def empty_item_encoder(shapes: Mapping[str, int]):
+    """An :class:`~recsys.tokenizers.identifiers.ItemTokenEncoder` of the manifest's ``shapes``, zero-filled (weights load next)."""
+    from recsys.tokenizers.identifiers import ItemTokenEncoder
+
+    return ItemTokenEncoder(
         torch.zeros(shapes["num_items"], shapes["cf_dim"]),
         torch.zeros(shapes["num_items"], dtype=torch.bool),
         torch.zeros(shapes["num_items"], shapes["text_dim"]),
         shapes["num_semantic_tokens"],
         shapes["hidden_size"],
     )
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
+    """Load a bundle's :class:`SetRecModel` in eval mode after verifying it (:func:`read_manifest`,
+    :func:`read_config`, :func:`check_backbone`).
+
+    The returned model has a ``bundle`` attribute (:class:`BundleInfo`: beta, max_len, config, ...).
+
+    Raises:
+        ArtifactError: one line naming the file and field (see the module docstring).
+
+    Example:
+        >>> model = load_bundle("bundles/setrec-ml100k")
+        >>> scores = model.score_all(histories, beta=model.bundle.beta)
+    """
+    from safetensors.torch import load_model
+
+    from recsys.models.setrec import SetRecModel
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    config_yaml = read_config(path)
+    config = check_backbone(path, manifest)
+    encoder = empty_item_encoder(manifest["shapes"])
     model = SetRecModel(config, encoder, backbone_config=manifest["backbone_config"])
     try:
         missing, unexpected = load_model(model, str(path / MODEL), strict=False, device=str(device))
     except Exception as error:  # safetensors raises several types for corrupt files
-        raise ArtifactError(f"{path / MODEL} could not be loaded into the model ({error}); re-export the bundle") from error
+        raise ArtifactError(f"{path / MODEL} could not be loaded into the model ({_one_line(error)}); re-export the bundle") from error
     if missing or unexpected:
         raise ArtifactError(f"{path / MODEL} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     model.to(device).eval()
@@ -243,7 +448,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
         manifest=manifest,
         beta=float(manifest["beta"]),
         max_len=int(manifest["max_len"]),
-        config=yaml.safe_load((path / CONFIG).read_text()) or {},
+        config=config_yaml,
         text_encoder=manifest.get("text_encoder", {}),
     )
     return model

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from recsys.bundle import load_bundle, load_item_tokens, read_manifest, save_bundle
+from recsys.bundle import load_bundle, load_item_tokens, manifest_checksum, read_manifest, save_bundle
 from recsys.errors import ArtifactError
 from recsys.models.setrec import LoraSettings, pad_histories
 from tests.models.test_setrec import NUM_ITEMS, make_model
@@ -72,9 +72,7 @@ def test_tampered_or_pickled_bundles_are_refused(tmp_path):
     with pytest.raises(ArtifactError, match="pickle"):
         load_bundle(path)
     (path / "extra.pt").unlink()
-    manifest = json.loads((path / "manifest.json").read_text())
-    del manifest["files"]["model.safetensors"]
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(path, lambda m: m["files"].pop("model.safetensors"))
     with pytest.raises(ArtifactError, match="model.safetensors"):
         load_bundle(path)
     with pytest.raises(ArtifactError, match="not a model bundle"):
@@ -89,3 +87,112 @@ def test_failed_save_leaves_the_previous_bundle(tmp_path):
         save_bundle(model, path, beta=0.1, max_len=5, items=items_frame().head(3), dataset_fingerprint="x", config={})
     assert read_manifest(path) == before
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def edit_manifest(path, change, resign: bool = True) -> None:
+    """Apply ``change`` to the bundle's manifest; ``resign`` recomputes its own checksum (a tool that knows the format)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    if resign:
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def rewrite_file(path, name: str, data: bytes) -> None:
+    """Replace a bundle file and update its checksum in the manifest (a consistent but bad bundle)."""
+    import hashlib
+
+    (path / name).write_bytes(data)
+    edit_manifest(path, lambda m: m["files"].__setitem__(name, hashlib.sha256(data).hexdigest()))
+
+
+def refused(path, pattern: str) -> str:
+    with pytest.raises(ArtifactError, match=pattern) as caught:
+        load_bundle(path)
+    message = str(caught.value)
+    assert "\n" not in message and any(name in message for name in ("manifest.json", "config.yaml", "model.safetensors"))
+    return message
+
+
+def test_a_hand_edited_manifest_is_refused_by_its_own_checksum(tmp_path):
+    path = save(make_model("qwen"), tmp_path / "b")
+    assert read_manifest(path)["manifest_sha256"] == manifest_checksum(read_manifest(path))
+    edit_manifest(path, lambda m: m.__setitem__("max_len", 50), resign=False)  # in range, but not what was trained
+    refused(path, "does not match its manifest_sha256")
+    edit_manifest(path, lambda m: m.pop("manifest_sha256"), resign=False)
+    refused(path, "manifest_sha256 is missing")
+
+
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (lambda m: m.__setitem__("max_len", -5), "field max_len: Input should be greater than 0"),
+        (lambda m: m.__setitem__("max_len", 0), "field max_len"),
+        (lambda m: m.__setitem__("beta", 1.5), "field beta: Input should be less than or equal to 1"),
+        (lambda m: m.__setitem__("beta", -0.1), "field beta"),
+        (lambda m: m.__setitem__("beta", "0.25"), "field beta: Input should be a valid number"),
+        (lambda m: m.__setitem__("beta", True), "field beta"),
+        (lambda m: m.pop("shapes"), "field shapes: Field required"),
+        (lambda m: m["shapes"].__setitem__("num_items", "12"), "field shapes.num_items"),
+        (lambda m: m["shapes"].__setitem__("hidden_size", 0), "field shapes.hidden_size"),
+        (lambda m: m.__setitem__("files", ["model.safetensors"]), "field files"),
+    ],
+)
+def test_manifest_values_are_type_and_range_checked_before_anything_is_built(tmp_path, monkeypatch, change, pattern):
+    path = save(make_model("qwen"), tmp_path / "b")
+    edit_manifest(path, change)  # consistent checksum: only the values are wrong
+    import recsys.models.setrec as setrec
+
+    monkeypatch.setattr(setrec, "build_backbone", lambda *a, **k: pytest.fail("a backbone was built from a bad manifest"))
+    refused(path, pattern)
+
+
+def test_a_manifest_that_is_not_an_object_is_one_line(tmp_path):
+    path = save(make_model("qwen"), tmp_path / "b")
+    (path / "manifest.json").write_text(json.dumps([1, 2, 3]))
+    refused(path, "holds a JSON list, not an object")
+    (path / "manifest.json").write_text('{"kind": "setrec-bundle", ')
+    refused(path, "is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("model: {backbone: qwen\n  bad: [", "not valid safe YAML"),
+        ("!!python/object/apply:os.system ['echo pwned']\n", "not valid safe YAML"),
+        ("- just\n- a list\n", "holds a YAML list, not a mapping"),
+    ],
+)
+def test_a_bad_config_yaml_is_one_line(tmp_path, text, pattern):
+    path = save(make_model("qwen"), tmp_path / "b")
+    rewrite_file(path, "config.yaml", text.encode())
+    refused(path, pattern)
+
+
+def test_backbone_config_must_agree_with_the_backbone_before_weights_are_allocated(tmp_path, monkeypatch):
+    import recsys.models.setrec as setrec
+
+    qwen, sizes_lost, too_wide = (save(make_model("qwen"), tmp_path / name) for name in ("q", "q2", "q3"))
+    t5 = read_manifest(save(make_model("t5"), tmp_path / "t"))
+    real_init = setrec.SetRecModel.__init__
+    monkeypatch.setattr(setrec.SetRecModel, "__init__", lambda *a, **k: pytest.fail("the model was built"))
+    # backbone: qwen over a T5 backbone config (unchecked, this built a default 7B Qwen2 and was killed at ~20 GB)
+    edit_manifest(qwen, lambda m: m.__setitem__("backbone_config", t5["backbone_config"]))
+    refused(qwen, "backbone is 'qwen' but backbone_config.model_type is 't5'")
+    # a Qwen2 config that lost its sizes: transformers' defaults would be a 7B model
+    edit_manifest(sizes_lost, lambda m: m["backbone_config"].pop("intermediate_size"))
+    refused(sizes_lost, r"does not fit the model manifest.json describes \(backbone.layers.0.mlp.down_proj.weight is \(\d+, \d+\) in the file but \(\d+, 22016\)")
+    edit_manifest(sizes_lost, lambda m: m["backbone_config"].pop("num_hidden_layers"))
+    refused(sizes_lost, "the backbone it describes cannot be built")
+    edit_manifest(too_wide, lambda m: m["backbone_config"].__setitem__("hidden_size", 4096))
+    refused(too_wide, "hidden size 4096 but shapes.hidden_size")
+    monkeypatch.setattr(setrec.SetRecModel, "__init__", real_init)
+    assert load_bundle(save(make_model("t5"), tmp_path / "ok")).config.backbone == "t5"
+
+
+def test_schema_version_1_bundles_without_a_manifest_checksum_still_load(tmp_path):
+    path = save(make_model("qwen"), tmp_path / "b")
+    edit_manifest(path, lambda m: (m.pop("manifest_sha256"), m.__setitem__("schema_version", 1)), resign=False)
+    assert load_bundle(path).bundle.max_len == 5
+    edit_manifest(path, lambda m: m.__setitem__("max_len", -5), resign=False)
+    refused(path, "field max_len")  # range checks hold for old bundles too
