@@ -1,11 +1,15 @@
 """``recsys evaluate`` and ``recsys benchmark quality``: the evaluation area's subcommands.
 
 Commands:
-    recsys evaluate --bundle bundles/setrec-ml100k --data data/ml-100k [--split test] [--exclude-history] [--out DIR]
+    recsys evaluate --bundle bundles/setrec-ml100k --data data/ml-100k [--split test] [--no-exclude-history] [--out DIR]
     recsys benchmark quality --config configs/bench-ml100k.yaml [--seeds 3] [--out benchmarks/results]
 
 ``recsys evaluate`` also accepts a saved SASRec (``save_sasrec``) or TIGER (``save_tiger``)
-folder as ``--bundle``; the kind is read from the folder's files.
+folder as ``--bundle``; the kind is read from the folder's files. History items are excluded
+from the ranking by default, as in the training job (``exclude_history: true``), the
+benchmark harness and the README's results; ``--no-exclude-history`` leaves them rankable.
+A model that records another dataset fingerprint than ``--data`` (or none) is refused unless
+``--allow-other-data`` is given.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ def register(subparsers) -> None:
     ev.add_argument("--bundle", required=True, help="model bundle folder (set identifiers), or a saved SASRec / TIGER folder")
     ev.add_argument("--data", required=True, help="prepared dataset folder the model was trained on")
     ev.add_argument("--split", default="test", choices=("valid", "test"), help="split to evaluate (default test)")
-    ev.add_argument("--exclude-history", action="store_true", help="never rank the user's history items (gold items stay rankable)")
+    ev.add_argument("--exclude-history", action=argparse.BooleanOptionalAction, default=True,
+                    help="never rank the user's history items (gold items stay rankable). Default: excluded, as in the "
+                    "training job (exclude_history: true), the benchmark harness and every results table of the README; "
+                    "--no-exclude-history leaves them rankable (lower numbers, not comparable with those tables)")
+    ev.add_argument("--allow-other-data", action="store_true",
+                    help="evaluate although the model records another dataset fingerprint than --data (or none); "
+                    "refused by default, since the numbers would mean nothing; the output records the override")
     ev.add_argument("--batch-size", type=int, default=256, help="users per model call (default 256)")
     ev.add_argument("--out", default=None, help="folder for per_user.parquet, summary.json and summary.md")
     ev.set_defaults(func=run_evaluate)
@@ -108,8 +118,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    from recsys.evaluation.evaluate import check_same_dataset, recorded_dataset_fingerprint
+
     data = PreparedDataset.load(args.data)
     recommender = load_recommender(args.bundle)
+    dataset_check = check_same_dataset(args.bundle, recorded_dataset_fingerprint(args.bundle), args.data, data.fingerprint,
+                                       allow=args.allow_other_data)
+    if dataset_check["override"]:
+        print(f"warning: --allow-other-data: the model records dataset fingerprint "
+              f"{dataset_check['model']}, {args.data} has {dataset_check['data']}; the numbers below are not those of "
+              "the data the model was trained on", file=sys.stderr)
     if recommender.num_items != data.num_items:
         raise ArtifactError(
             f"{args.bundle} scores {recommender.num_items} items but {args.data} has {data.num_items}; "
@@ -120,7 +138,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ArtifactError(f"{args.data}: the {args.split} split has no user with a history and a gold item")
     result = evaluate(recommender, examples, ItemGroups.from_dataset(data), exclude_history=args.exclude_history,
                       batch_size=args.batch_size)
-    table = summary_markdown(result.summary, result.counts)
+    history = ("history items excluded from the ranking (the default)" if args.exclude_history
+               else "history items rankable (--no-exclude-history)")
+    table = summary_markdown(result.summary, result.counts) + f"\n{args.split} split, {history}.\n"
     print(f"{recommender.name} on {args.data} ({args.split}, {result.num_users} users, "
           f"{'history excluded' if args.exclude_history else 'history rankable'}): "
           f"{result.seconds_per_1000_users:.3f} s inference per 1,000 users")
@@ -131,7 +151,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result.per_user.write_parquet(out / "per_user.parquet")
         (out / "summary.json").write_text(json.dumps({
             "method": recommender.name, "bundle": str(args.bundle), "data": str(args.data), "split": args.split,
-            "exclude_history": args.exclude_history, "users": result.num_users, "summary": result.summary,
+            "exclude_history": args.exclude_history, "dataset_check": dataset_check,
+            "users": result.num_users, "summary": result.summary,
             "counts": result.counts, "inference_seconds_per_1000_users": result.seconds_per_1000_users,
         }, indent=2, default=lambda v: None))
         (out / "summary.md").write_text(table)

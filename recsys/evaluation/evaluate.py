@@ -8,6 +8,11 @@ items always stay rankable, so repeat consumption is not penalised).
 Inference time covers what serving does for every user: the model call and the top-k
 selection (beam search for list generators), batched, without metric computation.
 
+A model is evaluated only on the dataset it was trained on: :func:`check_same_dataset`
+compares the dataset fingerprint the model records with the prepared dataset's (same item
+count but other ids, or another split of the same data, would otherwise print a full table
+of meaningless numbers).
+
 Example:
     >>> result = evaluate(recommender, data.eval_examples("test"), ItemGroups.from_dataset(data))
     >>> result.summary["all"]["ndcg@10"], result.summary["cold"]["recall@20"]
@@ -16,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -35,7 +42,64 @@ from recsys.evaluation.metrics import (
     per_user_metrics,
     set_ranks,
 )
+from recsys.errors import ArtifactError
 from recsys.evaluation.recommenders import Recommender
+
+#: The flag of ``recsys evaluate`` that evaluates a model on data it records no match with.
+ALLOW_OTHER_DATA_FLAG = "--allow-other-data"
+
+
+def recorded_dataset_fingerprint(model_dir: str | Path) -> str | None:
+    """The dataset fingerprint a saved model records, or None when it records none.
+
+    Where it is recorded: a set-identifier bundle's ``manifest.json`` (``dataset_fingerprint``),
+    a TIGER folder's ``config.json`` (``extra.dataset``), a SASRec folder's ``metrics.json``
+    (``dataset``; written by ``fit_sasrec``).
+
+    Example:
+        >>> recorded_dataset_fingerprint("runs/setrec-t5-demo/bundle")
+        'a1b2c3d4e5f60718'
+    """
+    model_dir = Path(model_dir)
+    for name, keys in (("manifest.json", ("dataset_fingerprint",)), ("config.json", ("extra", "dataset")),
+                       ("metrics.json", ("dataset",))):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        value = json.loads(path.read_text())
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def check_same_dataset(model: str | Path, recorded: str | None, data: str | Path, fingerprint: str, *, allow: bool) -> dict:
+    """Refuse to pair a model with a dataset it was not trained on, unless ``allow``.
+
+    Args:
+        model, data: the model folder and the prepared dataset folder (for the message).
+        recorded: the fingerprint the model records (:func:`recorded_dataset_fingerprint`), or None.
+        fingerprint: the prepared dataset's fingerprint (``manifest.json``).
+        allow: the user's explicit override (``--allow-other-data``).
+
+    Returns:
+        ``{"model": recorded, "data": fingerprint, "same": bool, "override": bool}`` for the outputs.
+
+    Raises:
+        ArtifactError: the fingerprints differ, or the model records none, and ``allow`` is False;
+            the message names both fingerprints.
+    """
+    same = recorded is not None and recorded == fingerprint
+    if not same and not allow:
+        if recorded is None:
+            problem = f"{model} records no dataset fingerprint, so it cannot be checked against {data} (fingerprint {fingerprint})"
+        else:
+            problem = (f"{model} was trained on the dataset with fingerprint {recorded}, but {data} has fingerprint "
+                       f"{fingerprint} (other data, other ids or another split)")
+        raise ArtifactError(f"{problem}; evaluate the model on the dataset it was trained on, or pass "
+                            f"{ALLOW_OTHER_DATA_FLAG} to evaluate it anyway (the output then says so)")
+    return {"model": recorded, "data": fingerprint, "same": same, "override": not same}
 
 
 @dataclass

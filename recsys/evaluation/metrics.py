@@ -40,6 +40,30 @@ def metric_keys(ks: tuple[int, ...] = DEFAULT_KS) -> list[str]:
     return [f"{name}@{k}" for k in ks for name in METRIC_NAMES]
 
 
+class DivergedScoresError(ValueError):
+    """Scores holding NaN: the model diverged, and no rank of them means anything."""
+
+
+def check_scores(scores: torch.Tensor) -> None:
+    """Raise :class:`DivergedScoresError` when ``scores`` hold a NaN.
+
+    A NaN compares False with everything, so without this check a NaN gold score would
+    rank first (rank 0: Recall 1, NDCG ``inf``) and a diverged run would look perfect.
+    ``-inf`` (excluded items) and ``+inf`` are ranked as numbers.
+
+    Example:
+        >>> check_scores(torch.tensor([[0.1, float("nan")]]))   # raises DivergedScoresError
+    """
+    nan = torch.isnan(scores)
+    if nan.any():
+        rows = int(nan.any(dim=-1).sum()) if scores.dim() > 1 else 1
+        raise DivergedScoresError(
+            f"scores contain NaN in {rows} of {scores.shape[0] if scores.dim() > 1 else 1} rows: the model diverged "
+            "(its scores are not numbers), so no metric of them means anything; lower the learning rate, "
+            "clip gradients or check the inputs, and train again"
+        )
+
+
 def gold_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     """1-based rank of each row's gold item among all items.
 
@@ -49,7 +73,11 @@ def gold_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (B,) int64 ranks; ties are counted against the gold item.
+
+    Raises:
+        DivergedScoresError: a score is NaN (see :func:`check_scores`).
     """
+    check_scores(scores)
     gold_scores = scores.gather(1, gold.view(-1, 1))
     at_least = (scores >= gold_scores).sum(dim=1)
     return at_least.to(torch.int64)
@@ -135,11 +163,13 @@ def set_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, G) float64 ranks, ``inf`` at padding.
 
+    Raises:
+        DivergedScoresError: a score is NaN (see :func:`check_scores`).
+
     Example:
         >>> set_ranks(torch.tensor([[0.1, 0.9, 0.3]]), torch.tensor([[2, 0]]))   # [[2., 3.]]
     """
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN; a model produced invalid scores")
+    check_scores(scores)
     ascending = scores.sort(dim=1).values.contiguous()
     gold_scores = scores.gather(1, gold.clamp(min=0)).contiguous()
     # items strictly below the gold score = searchsorted(left); rank = num_items - that

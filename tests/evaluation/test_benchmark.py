@@ -154,21 +154,61 @@ def test_recsys_evaluate_on_a_saved_sasrec_writes_per_user_parquet(tmp_path, cap
     config = SASRecConfig(hidden_size=8, num_heads=1, inner_size=16, max_len=6)
     torch.manual_seed(0)
     model = SASRec(15, config).eval()
-    save_sasrec(model, config, tmp_path / "sasrec")
-    out = tmp_path / "eval"
-    assert main(["evaluate", "--bundle", str(tmp_path / "sasrec"), "--data", str(data_dir), "--exclude-history", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "| all |" in printed and "| cold |" in printed
-    summary = json.loads((out / "summary.json").read_text())
-    per_user = pl.read_parquet(out / "per_user.parquet")
-    assert summary["users"] == 12 and per_user.filter(pl.col("group") == "all").height == 12
-    # the same numbers as the harness called directly
     from recsys.pipelines.prepared import PreparedDataset
 
+    save_sasrec(model, config, tmp_path / "sasrec", extra={"dataset": PreparedDataset.load(data_dir).fingerprint})
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--bundle", str(tmp_path / "sasrec"), "--data", str(data_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| all |" in printed and "| cold |" in printed
+    assert "history items excluded from the ranking (the default)" in printed
+    assert "history items excluded" in (out / "summary.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exclude_history"] is True and summary["dataset_check"]["same"] is True
+    per_user = pl.read_parquet(out / "per_user.parquet")
+    assert summary["users"] == 12 and per_user.filter(pl.col("group") == "all").height == 12
+    # the same numbers as the harness called directly, with the training job's default (history excluded)
     data = PreparedDataset.load(data_dir)
     rec = ScoringRecommender("sasrec", lambda h: model.score(SASRec.pad_histories(h, 6)), 15)
     direct = evaluate(rec, data.eval_examples("test"), ItemGroups.from_dataset(data), exclude_history=True)
     assert summary["summary"]["all"]["ndcg@10"] == pytest.approx(direct.summary["all"]["ndcg@10"])
+
+
+def test_recsys_evaluate_refuses_a_dataset_the_model_was_not_trained_on(tmp_path, capsys):
+    from recsys.models.sasrec import SASRec, SASRecConfig
+    from recsys.pipelines.prepared import PreparedDataset
+    from recsys.training.sasrec import save_sasrec
+
+    trained_on = write_prepared(tmp_path / "a", cyclic_sequences(12, 15, seed=1), num_items=15)
+    other_ids = write_prepared(tmp_path / "b", cyclic_sequences(12, 15, seed=2), num_items=15)  # same item count
+    config = SASRecConfig(hidden_size=8, num_heads=1, inner_size=16, max_len=6)
+    model = SASRec(15, config).eval()
+    recorded = PreparedDataset.load(trained_on).fingerprint
+    save_sasrec(model, config, tmp_path / "sasrec", extra={"dataset": recorded})
+    other = PreparedDataset.load(other_ids).fingerprint
+    assert other != recorded
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--bundle", str(tmp_path / "sasrec"), "--data", str(other_ids), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert recorded in captured.err and other in captured.err and "--allow-other-data" in captured.err
+    assert "| all |" not in captured.out and not out.exists()
+    # the explicit override evaluates, says so, and records it
+    assert main(["evaluate", "--bundle", str(tmp_path / "sasrec"), "--data", str(other_ids), "--allow-other-data", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --allow-other-data" in captured.err and "| all |" in captured.out
+    check = json.loads((out / "summary.json").read_text())["dataset_check"]
+    assert check == {"model": recorded, "data": other, "same": False, "override": True}
+    # a model that records no fingerprint cannot be checked: refused the same way
+    save_sasrec(model, config, tmp_path / "bare")
+    assert main(["evaluate", "--bundle", str(tmp_path / "bare"), "--data", str(trained_on)]) == 2
+    assert "records no dataset fingerprint" in capsys.readouterr().err
+
+
+def test_recsys_evaluate_help_states_the_history_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: excluded, as in the training job" in text and "--no-exclude-history" in text
 
 
 def test_recsys_evaluate_refuses_what_is_not_a_model(tmp_path, capsys):

@@ -96,6 +96,20 @@ def test_nan_scores_are_rejected():
         set_ranks(torch.tensor([[0.0, math.nan]]), torch.tensor([[0]]))
 
 
+@pytest.mark.parametrize("gold_row", [[math.nan] * 4, [0.1, math.nan, 0.3, 0.2], [0.1, 0.2, 0.3, math.nan]])
+def test_nan_scores_never_rank_gold_first_in_gold_ranks(gold_row):
+    # A diverged SASRec scored every item NaN: gold_ranks gave rank 0, so recall@5 was 1.0 and NDCG@5 inf.
+    from recsys.evaluation.metrics import DivergedScoresError
+
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.2], gold_row])
+    with pytest.raises(DivergedScoresError, match="diverged") as error:
+        gold_ranks(scores, torch.tensor([0, 1]))
+    assert "1 of 2 rows" in str(error.value)
+    assert isinstance(error.value, ValueError)  # callers catching ValueError (as for set_ranks) still do
+    # -inf (excluded items) and +inf are numbers: ranked, not refused
+    assert gold_ranks(torch.tensor([[math.inf, 0.0, -math.inf]]), torch.tensor([1])).tolist() == [2]
+
+
 def test_list_ranks_of_beam_output():
     ranked = torch.tensor([[4, 2, 7, -1], [1, 0, 3, 5]])
     gold = pad_gold([[7, 9], [5]])
