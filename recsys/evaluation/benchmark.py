@@ -245,6 +245,36 @@ def _manifest_fingerprint(path: Path, *keys: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+#: Method kinds that read item text, and why (interaction-only datasets refuse them by name).
+TEXT_KINDS = {
+    "tiger": "its semantic ids are RQ-KMeans codes of the items' text embeddings",
+    "text": "it ranks items by the cosine of their text embeddings",
+    "setrec": "the set-identifier training job builds every item's tokens from its text embedding "
+              "(also with model.token_set: cf, whose item encoder still reads them)",
+}
+
+
+def refuse_text_methods(config: BenchmarkConfig, data, log=print) -> dict[str, str]:
+    """Remove the methods that need item text from ``config`` when some item has none; return them with the reason.
+
+    Interaction-only datasets (no item file, or items without any text) still run every
+    method that does not need text (popularity, SASRec); the others are refused by name here,
+    before any training starts. Raises ConfigError when no method is left.
+    """
+    without_text = int((data.items["text"].fill_null("").str.strip_chars() == "").sum())
+    if not without_text:
+        return {}
+    refused = {m.name: f"needs item text: {TEXT_KINDS[m.kind]}" for m in config.methods if m.kind in TEXT_KINDS}
+    if not refused:
+        return {}
+    config.methods = [m for m in config.methods if m.name not in refused]
+    why = f"{without_text:,} of {data.num_items:,} items have no text"
+    if not config.methods:
+        raise ConfigError(f"every method needs item text and {why}: " + "; ".join(f"{k} {v}" for k, v in refused.items()))
+    log(f"refused before training ({why}): " + "; ".join(f"{name} ({reason})" for name, reason in refused.items()))
+    return {name: f"{reason}; {why}" for name, reason in refused.items()}
+
+
 def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
     """Prepare the dataset and build the tokenizer artifacts the listed methods need.
 
@@ -263,6 +293,7 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
                           split=spec.split, catalogue_only=spec.catalogue_only))
     data = PreparedDataset.load(data_dir)
     log(f"data: {data.num_users} users, {data.num_items} items, fingerprint {data.fingerprint}")
+    refused = refuse_text_methods(config, data, log)
     kinds = {m.kind for m in config.methods}
     setrec_config = config.setrec.config
     if setrec_config is None and config.setrec.base is not None:
@@ -272,7 +303,7 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
         Path(setrec_config).write_text(yaml.safe_dump(config.setrec.base, sort_keys=False))
     context = MethodContext(data=data, work_dir=work, sasrec=dict(config.sasrec), tiger=dict(config.tiger),
                             setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides),
-                            exclude_history=config.evaluation.exclude_history)
+                            exclude_history=config.evaluation.exclude_history, refused=refused)
     if kinds & {"tiger", "setrec", "text"}:
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings
         from recsys.tokenizers.text_encoder import TextEncoderConfig
@@ -556,7 +587,7 @@ def run_benchmark(
                     f"{result.seconds_per_1000_users:.3f} s/1000 users, trained in {trained.train_seconds:.1f} s")
             # the report so far: a run cut short still leaves every finished method on disk
             files = _write_outputs(config, all_runs, data, examples, tracker, started, command, out_dir,
-                                   complete=spec is config.methods[-1])
+                                   complete=spec is config.methods[-1], refused=context.refused)
         report = json.loads(files[0].read_text())
         if tracker.enabled:
             flat = {}
@@ -578,7 +609,8 @@ def run_benchmark(
             tracker.finish(tracker.parent, status)
 
 
-def _write_outputs(config, all_runs, data, examples, tracker, started, command, out_dir: Path, complete: bool) -> list[Path]:
+def _write_outputs(config, all_runs, data, examples, tracker, started, command, out_dir: Path, complete: bool,
+                   refused: dict | None = None) -> list[Path]:
     """Write ``quality-<dataset>.json`` (atomically), ``.md`` and the plots for the methods finished so far."""
     from recsys.evaluation.report import write_markdown, write_plots
 
@@ -600,6 +632,7 @@ def _write_outputs(config, all_runs, data, examples, tracker, started, command, 
         "config": _jsonable(dataclasses.asdict(config)),
         "mlflow_parent_run": tracker.parent,
         "git_commit": _git_commit(),
+        "refused_methods": refused or {},
     }
     report = build_report(config, all_runs, meta)
     stem = out_dir / f"quality-{config.dataset}"

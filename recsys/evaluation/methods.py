@@ -74,6 +74,8 @@ class MethodContext:
     semantic_dir: Path | None = None
     exclude_history: bool = True
     """The harness's ``evaluation.exclude_history``: methods that select on valid rank the same way."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Methods of the config refused before training (name -> reason), e.g. text methods on a dataset without item text."""
 
 
 @dataclass

@@ -218,6 +218,57 @@ def test_recsys_evaluate_refuses_what_is_not_a_model(tmp_path, capsys):
     assert "holds no model" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- interaction-only datasets
+
+
+@pytest.mark.slow
+def test_interaction_only_dataset_runs_methods_without_text_and_refuses_text_methods_by_name(tmp_path, monkeypatch):
+    from recsys.evaluation import benchmark
+
+    sequences = cyclic_sequences(20, 12, length=(5, 7), seed=4)
+    source = tmp_path / "source"
+    source.mkdir()
+    rows = ["user_id,item_id,position"] + [f"U{u},{i},{p}" for u, seq in enumerate(sequences) for p, i in enumerate(seq)]
+    (source / "interactions.csv").write_text("\n".join(rows) + "\n")  # no item file: no item text at all
+    trained: list[str] = []
+    original = benchmark.train_method
+    monkeypatch.setattr(benchmark, "train_method", lambda spec, seed, context: trained.append(spec.name) or original(spec, seed, context))
+    config = parse_benchmark_config({
+        "dataset": "ionly", "work_dir": str(tmp_path / "work"), "seeds": [0],
+        "data": {"source": str(source), "kcore": 0},
+        "evaluation": {"bootstrap_samples": 50},
+        "sasrec": {"hidden_size": 8, "num_heads": 1, "inner_size": 16, "max_len": 6, "max_epochs": 1, "batch_size": 64},
+        "setrec": {"base": {"model": {"backbone": "t5", "preset": "tiny"}}},
+        "reference": "sasrec",
+        "methods": [{"name": "popularity", "kind": "popularity"}, {"name": "sasrec", "kind": "sasrec"},
+                    {"name": "tiger", "kind": "tiger"}, {"name": "text", "kind": "text"},
+                    {"name": "setrec-cf", "kind": "setrec", "overrides": {"model.token_set": "cf"}}],
+    })
+    logged: list[str] = []
+    report = benchmark.run_benchmark(config, out_dir=tmp_path / "out", log_to_mlflow=False, log=logged.append)
+    assert trained == ["popularity", "sasrec"]  # the text methods never started training
+    assert [k for k in report if k not in ("paired", "efficiency", "seeds", "meta")] == ["popularity", "sasrec"]
+    refused = report["meta"]["refused_methods"]
+    assert set(refused) == {"tiger", "text", "setrec-cf"}
+    assert all("needs item text" in reason and "12 of 12 items have no text" in reason for reason in refused.values())
+    assert "model.token_set: cf" in refused["setrec-cf"]
+    first_training = next(i for i, line in enumerate(logged) if line.startswith("popularity seed"))
+    refusal = next(i for i, line in enumerate(logged) if line.startswith("refused before training"))
+    assert refusal < first_training and "tiger" in logged[refusal] and "setrec-cf" in logged[refusal]
+
+
+def test_a_benchmark_of_text_methods_only_on_an_interaction_only_dataset_is_refused(tmp_path):
+    from recsys.evaluation.benchmark import run_benchmark
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "interactions.csv").write_text("user_id,item_id,position\nu,a,0\nu,b,1\nu,c,2\nv,a,0\nv,b,1\nv,c,2\n")
+    config = parse_benchmark_config({"dataset": "x", "work_dir": str(tmp_path / "w"), "data": {"source": str(source)},
+                                     "methods": [{"name": "tiger", "kind": "tiger"}]})
+    with pytest.raises(ConfigError, match="every method needs item text.*tiger needs item text"):
+        run_benchmark(config, out_dir=tmp_path / "out", log_to_mlflow=False, log=lambda _: None)
+
+
 # ---------------------------------------------------------------- end to end (slow)
 
 SETREC_AVAILABLE = importlib.util.find_spec("recsys.training.job") is not None
