@@ -17,7 +17,6 @@ from recsys.models.masks import (
     MaskSpec,
     build_layout,
     dense_mask,
-    flex_block_mask,
     for_backend,
     query_self_mask,
     reference_mask,
@@ -113,14 +112,3 @@ def test_backend_masks_are_hard():
 def test_query_self_mask():
     assert torch.equal(query_self_mask(3, "simultaneous"), torch.eye(3, dtype=torch.bool))
     assert torch.equal(query_self_mask(3, "autoregressive"), torch.ones(3, 3, dtype=torch.bool).tril())
-
-
-def test_flex_mask_mod_equals_dense():
-    generator = torch.Generator().manual_seed(3)
-    layout = build_layout(random_valid(generator, 3, 4), 3, 2, 1, 3, MaskSpec())
-    block_mask = flex_block_mask(layout)
-    batch, length = layout.shape
-    b = torch.arange(batch)[:, None, None]
-    q = torch.arange(length)[None, :, None]
-    kv = torch.arange(length)[None, None, :]
-    assert torch.equal(block_mask.mask_mod(b, 0, q, kv), dense_mask(layout))
