@@ -247,6 +247,27 @@ def _check_ranks(out_dir: Path, rank: int, world_size: int, checksum: str, timeo
 # --------------------------------------------------------------------------- the job
 
 
+def check_resume_checkpoint(path: Path) -> None:
+    """Refuse a ``last.ckpt`` that ``--resume`` cannot use, with one line (empty, truncated, not a
+    Lightning checkpoint, or holding pickled objects beyond tensors: loaded with ``weights_only=True``).
+
+    Raises:
+        ArtifactError: naming the file and what to do.
+    """
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"--resume: {path} is empty; delete it and start the job without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        reason = " ".join(str(error).split())[:160]
+        raise ArtifactError(
+            f"--resume: {path} is not a readable checkpoint ({type(error).__name__}: {reason}); "
+            "delete it and start without --resume, or restore the file"
+        ) from error
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ArtifactError(f"--resume: {path} is not a Lightning checkpoint (no state_dict); delete it and start without --resume")
+
+
 def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Run the training job of ``cfg``; returns a :class:`TrainResult`.
 
@@ -280,6 +301,8 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
     last = ckpt_dir / LAST
     if resume and not last.is_file():
         raise ArtifactError(f"--resume: {last} does not exist; start the job without --resume")
+    if resume:
+        check_resume_checkpoint(last)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = PreparedDataset.load(cfg.data)
