@@ -4,18 +4,28 @@ Endpoints (documented by the OpenAPI schema at ``/openapi.json``):
 
 - ``POST /v1/recommend``: one history -> top-k items (422 when no history item is known);
 - ``POST /v1/recommend/batch``: several requests answered together;
-- ``POST /v1/items`` (admin bearer token; 403 when the service has no token configured,
-  401 on a missing or wrong token) and ``GET /v1/items/{item_id}``;
-- ``GET /healthz`` (the process answers), ``GET /readyz`` (the batch worker runs),
-  ``GET /metrics`` (Prometheus).
+- ``POST /v1/items`` and ``DELETE /v1/items/{item_id}`` (admin bearer token, checked before
+  the body is read: 403 when the service has no token configured, 401 on a missing or wrong
+  token): catalogue changes, committed to the catalogue store
+  (:class:`~recsys.serving.catalogue.Catalogue`) before the answer; ``GET /v1/items/{item_id}``
+  (ids may contain ``/``);
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (the batch worker runs and the
+  service is not draining), ``GET /metrics`` (Prometheus).
 
-Every recommend query goes through the :class:`~recsys.serving.batcher.MicroBatcher`; a full
-queue is answered 503 with ``Retry-After``. Bodies over 1 MiB are answered 413 before
-parsing; validation errors are 422 with the offending field in ``field`` and ``detail``.
-Unexpected exceptions become a 500 answer and a metric, never a dead process.
+Every recommend query goes through the :class:`~recsys.serving.batcher.MicroBatcher`. Every
+503 (full queue, too many requests in flight, shutting down, catalogue store or text encoder
+unavailable, not ready) is a JSON ``{"detail", "field"}`` answer with ``Retry-After``, counted in
+``setrec_errors_total``. Bodies over 1 MiB are answered 413 before parsing; validation errors
+are 422 with the offending field in ``field`` and ``detail``; request types are strict (a
+string or a boolean is not an integer). Unexpected exceptions become a 500 answer and a
+metric, never a dead process. ``/docs`` is off (it would load scripts from a public CDN); the
+schema is at ``/openapi.json``. While draining (:class:`Drain`, set by ``recsys serve`` on
+SIGTERM) every answer carries ``Connection: close``.
 
 Example:
-    >>> app = create_app(Recommender.from_bundle("bundles/setrec-ml100k"), AppConfig(admin_token="s3cret"))
+    >>> rec = Recommender.from_bundle("bundles/setrec-ml100k")
+    >>> catalogue = Catalogue(rec, CatalogueStore("sqlite:///setrec-catalogue.db", rec.dataset_fingerprint))
+    >>> app = create_app(rec, AppConfig(admin_token="s3cret-token-0123456789"), catalogue)
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
@@ -27,7 +37,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -36,9 +46,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.serving.batcher import BatcherConfig, MicroBatcher, QueueFullError
+from recsys.serving.catalogue import Catalogue, CatalogueStore, CatalogueUnavailableError, DuplicateItemError
 from recsys.serving.metrics import ServiceMetrics
 from recsys.serving.schemas import (
     MAX_BODY_BYTES,
+    MAX_ID_CHARS,
     BatchRecommendRequest,
     BatchRecommendResponse,
     ErrorBody,
@@ -50,7 +62,6 @@ from recsys.serving.schemas import (
     RecommendResponse,
 )
 from recsys.serving.service import (
-    DuplicateItemError,
     NoKnownHistoryError,
     Query,
     Recommendation,
@@ -61,7 +72,19 @@ from recsys.errors import UnknownItemError
 
 log = logging.getLogger("recsys.serving")
 
-KNOWN_PATHS = ("/v1/recommend", "/v1/recommend/batch", "/v1/items", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+KNOWN_PATHS = ("/v1/recommend", "/v1/recommend/batch", "/v1/items", "/healthz", "/readyz", "/metrics", "/openapi.json")
+#: Paths answered even when too many requests are in flight (health checks, scraping).
+OPS_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class Drain:
+    """Shared flag of a service that is shutting down: answers close their connection, /readyz is 503."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def start(self) -> None:
+        self.active = True
 
 
 @dataclass
@@ -75,9 +98,14 @@ class AppConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     """Largest request body; larger ones are answered 413."""
     retry_after_s: int = 1
-    """Retry-After of a 503 answer when the queue is full."""
+    """Retry-After (seconds) of every 503 answer."""
+    max_in_flight: int | None = None
+    """Most requests being handled at once (ops endpoints excepted); beyond it 503 + Retry-After.
+    None: no limit besides the batcher's queue."""
     close_recommender: bool = False
     """Stop the recommender's engine when the app shuts down (the CLI owns it: True)."""
+    drain: Drain = field(default_factory=Drain)
+    """Set by the server on shutdown (``recsys serve``)."""
 
 
 def _endpoint(path: str) -> str:
@@ -89,40 +117,82 @@ def _endpoint(path: str) -> str:
     return "other"
 
 
-class _Guard:
-    """Pure ASGI middleware: body size limit, per-request metrics, last-resort 500."""
+def _is_admin(method: str, path: str) -> bool:
+    return method in ("POST", "DELETE") and (path == "/v1/items" or path.startswith("/v1/items/"))
 
-    def __init__(self, app, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+
+class _Guard:
+    """Pure ASGI middleware, before any parsing: admin token on catalogue changes, in-flight
+    limit, body size limit, per-request metrics, ``Connection: close`` while draining, last-resort 500."""
+
+    def __init__(self, app, metrics: ServiceMetrics, config: "AppConfig") -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.config = config
+        self.max_body_bytes = config.max_body_bytes
+        self.in_flight = 0
+
+    def _admin_refusal(self, scope) -> tuple[int, str] | None:
+        """(status, detail) when a catalogue change lacks the admin token, else None (constant-time compare)."""
+        token = self.config.admin_token
+        if token is None:
+            return 403, "catalogue changes are disabled: start the service with --admin-token-file"
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = credentials.strip()
+                break
+        if not secrets.compare_digest(given, token.encode()):
+            return 401, "a valid admin bearer token is required"
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        endpoint = _endpoint(scope.get("path", ""))
+        path = scope.get("path", "")
+        endpoint = _endpoint(path)
         status = {"code": 500, "started": False}
+        drain = self.config.drain
 
         async def tracking_send(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
+                if drain.active:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
+        limited = path not in OPS_PATHS
+        if limited:
+            self.in_flight += 1
         try:
-            receive_body = await self._bounded(scope, receive)
-            if receive_body is None:
-                self.metrics.error(endpoint, "body_too_large")
-                await _json(tracking_send, 413, {"detail": f"request body is larger than {self.max_body_bytes} bytes", "field": "body"})
+            limit = self.config.max_in_flight
+            refusal = self._admin_refusal(scope) if _is_admin(scope.get("method", ""), path) else None
+            if refusal is not None:
+                self.metrics.error(endpoint, "auth")
+                code, detail = refusal
+                headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+                await _json(tracking_send, code, {"detail": detail, "field": "authorization"}, headers)
+            elif limited and limit is not None and self.in_flight > limit:
+                await _unavailable(tracking_send, self.metrics, endpoint, "overloaded", f"more than {limit} requests in flight; retry shortly", self.config.retry_after_s)
             else:
-                await self.app(scope, receive_body, tracking_send)
+                receive_body = await self._bounded(scope, receive)
+                if receive_body is None:
+                    self.metrics.error(endpoint, "body_too_large")
+                    await _json(tracking_send, 413, {"detail": f"request body is larger than {self.max_body_bytes} bytes", "field": "body"})
+                else:
+                    await self.app(scope, receive_body, tracking_send)
         except Exception:  # last resort: the process must answer and live on
-            log.exception("unhandled error on %s", scope.get("path"))
+            log.exception("unhandled error on %s", path)
             self.metrics.error(endpoint, "internal")
             if not status["started"]:
-                await _json(tracking_send, 500, {"detail": "internal error; see the service log"})
+                await _json(tracking_send, 500, {"detail": "internal error; see the service log", "field": None})
         finally:
+            if limited:
+                self.in_flight -= 1
             self.metrics.observe_request(endpoint, status["code"], time.perf_counter() - start)
 
     async def _bounded(self, scope, receive):
@@ -165,49 +235,67 @@ async def _json(send, status: int, body: dict, headers: dict[str, str] | None = 
     await response({"type": "http"}, None, send)
 
 
+async def _unavailable(send, metrics: ServiceMetrics, endpoint: str, kind: str, detail: str, retry_after_s: int) -> None:
+    """A 503 from the middleware: JSON, Retry-After, counted."""
+    metrics.error(endpoint, kind)
+    await _json(send, 503, {"detail": detail, "field": None}, {"Retry-After": str(retry_after_s)})
+
+
 def _error(status: int, detail, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
 
 
-def create_app(recommender: Recommender, config: AppConfig | None = None) -> FastAPI:
+def create_app(recommender: Recommender, config: AppConfig | None = None, catalogue: Catalogue | None = None) -> FastAPI:
     """The FastAPI app over a loaded :class:`Recommender`.
 
     Args:
         recommender: the ranking core (engine + index + catalogue).
         config: batching, admin token, limits.
+        catalogue: where catalogue changes are committed (and polled from, while the app runs);
+            None: an in-memory SQLite store, not durable (``recsys serve`` always gives one).
 
     Example:
         >>> with TestClient(create_app(rec)) as client:
         ...     client.post("/v1/recommend", json={"history": ["50"], "k": 3}).json()["items"]
     """
     config = config or AppConfig()
+    if catalogue is None:
+        catalogue = Catalogue(recommender, CatalogueStore("sqlite://", recommender.dataset_fingerprint), poll_s=0)
     metrics = ServiceMetrics()
     metrics.items.set(recommender.num_items)
     batcher: MicroBatcher = MicroBatcher(
         recommender.recommend, config.batcher, on_batch=lambda size: metrics.batch_size.observe(size)
     )
     model_info = ModelInfo(name=recommender.model_name, version=recommender.model_version)
+    retry_after = {"Retry-After": str(config.retry_after_s)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
+        catalogue.start()
         try:
             yield
         finally:
+            catalogue.stop()
             await batcher.stop()
             if config.close_recommender:
                 recommender.close()
+                catalogue.close()
 
     app = FastAPI(
         title="setrec ranking service",
         version="1",
-        summary="Top-k recommendations from a set-identifier model; catalogue items can be added at runtime.",
+        summary="Top-k recommendations from a set-identifier model; catalogue items can be added and removed at runtime.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a public CDN
+        redoc_url=None,
     )
     app.state.recommender = recommender
     app.state.batcher = batcher
     app.state.metrics = metrics
-    app.add_middleware(_Guard, metrics=metrics, max_body_bytes=config.max_body_bytes)
+    app.state.catalogue = catalogue
+    app.state.config = config
+    app.add_middleware(_Guard, metrics=metrics, config=config)
     bearer = HTTPBearer(auto_error=False, description="Admin token given to `recsys serve --admin-token-file`.")
     errors = {400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
@@ -223,9 +311,9 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
     async def http_error(request: Request, exc: StarletteHTTPException):
         return _error(exc.status_code, exc.detail, None, getattr(exc, "headers", None))
 
-    def _queue_full(endpoint: str, error: QueueFullError) -> JSONResponse:
-        metrics.error(endpoint, "queue_full")
-        return _error(503, str(error), None, {"Retry-After": str(config.retry_after_s)})
+    def _unavailable_answer(endpoint: str, kind: str, error: Exception) -> JSONResponse:
+        metrics.error(endpoint, kind)
+        return _error(503, str(error), None, retry_after)
 
     model_json = model_info.model_dump()
 
@@ -243,7 +331,7 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
         try:
             result = await batcher.submit(_query(body))
         except QueueFullError as error:
-            return _queue_full("/v1/recommend", error)
+            return _unavailable_answer("/v1/recommend", "queue_full", error)
         except NoKnownHistoryError as error:
             metrics.error("/v1/recommend", "unknown_items")
             return _error(422, str(error), "history")
@@ -255,49 +343,59 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
         try:
             results = await batcher.submit_many([_query(r) for r in body.requests], return_exceptions=True)
         except QueueFullError as error:
-            return _queue_full("/v1/recommend/batch", error)
+            return _unavailable_answer("/v1/recommend/batch", "queue_full", error)
         for position, result in enumerate(results):
             if isinstance(result, NoKnownHistoryError):
                 metrics.error("/v1/recommend/batch", "unknown_items")
                 return _error(422, f"requests[{position}].{result}", f"requests.{position}.history")
+            if isinstance(result, QueueFullError):
+                return _unavailable_answer("/v1/recommend/batch", "queue_full", result)
             if isinstance(result, BaseException):
                 raise result
         return JSONResponse({"results": [_answer(r) for r in results]})
 
     def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if config.admin_token is None:
-            metrics.error("/v1/items", "auth")
-            raise StarletteHTTPException(403, "catalogue changes are disabled: start the service with --admin-token-file")
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), config.admin_token.encode()):
-            metrics.error("/v1/items", "auth")
-            raise StarletteHTTPException(401, "a valid admin bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        """Declares the bearer scheme in the OpenAPI schema; the token itself is checked by the
+        middleware before the body is read (so a bad body never answers before a bad token)."""
 
-    @app.post(
-        "/v1/items",
-        response_model=ItemInfo,
-        status_code=201,
-        responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}, **errors},
-        dependencies=[Depends(require_admin)],
-        tags=["catalogue"],
-    )
+    admin_errors = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, **errors}
+
+    @app.post("/v1/items", response_model=ItemInfo, status_code=201, responses=admin_errors, dependencies=[Depends(require_admin)], tags=["catalogue"])
     async def add_item(body: NewItem):
-        """Add an item from its text; it is retrievable as soon as this answers."""
+        """Add an item from its text; committed to the catalogue store, and retrievable, when this answers 201."""
         try:
-            info = await run_in_threadpool(recommender.add_item, body.id, body.text, body.title)
+            info = await run_in_threadpool(catalogue.add, body.id, body.text, body.title)
         except DuplicateItemError as error:
             metrics.error("/v1/items", "duplicate")
             return _error(409, str(error), "id")
         except TextEncoderUnavailableError as error:
-            metrics.error("/v1/items", "no_text_encoder")
-            return _error(503, str(error), None)
+            return _unavailable_answer("/v1/items", "no_text_encoder", error)
+        except CatalogueUnavailableError as error:
+            return _unavailable_answer("/v1/items", "store_unavailable", error)
         metrics.items.set(recommender.num_items)
         return JSONResponse(ItemInfo(**info).model_dump(), status_code=201)
 
-    @app.get("/v1/items/{item_id}", response_model=ItemInfo, responses={404: {"model": ErrorBody}}, tags=["catalogue"])
-    async def get_item(item_id: str):
+    def item_path():
+        return Path(..., min_length=1, max_length=MAX_ID_CHARS, description="Source item id (may contain '/').")
+
+    @app.delete("/v1/items/{item_id:path}", response_model=ItemInfo, responses=admin_errors, dependencies=[Depends(require_admin)], tags=["catalogue"])
+    async def remove_item(item_id: str = item_path()):
+        """Take an item out of every answer (committed to the catalogue store first); it stays valid in histories.
+        Removing a removed item answers the same."""
+        try:
+            info = await run_in_threadpool(catalogue.remove, item_id)
+        except UnknownItemError as error:
+            metrics.error("/v1/items/{item_id}", "unknown_item")
+            return _error(404, str(error), "item_id")
+        except CatalogueUnavailableError as error:
+            return _unavailable_answer("/v1/items/{item_id}", "store_unavailable", error)
+        return JSONResponse(ItemInfo(**info).model_dump())
+
+    @app.get("/v1/items/{item_id:path}", response_model=ItemInfo, responses={404: {"model": ErrorBody}}, tags=["catalogue"])
+    async def get_item(item_id: str = item_path()):
         """One catalogue item by its source id."""
         try:
-            return ItemInfo(**recommender.item(item_id))
+            return JSONResponse(ItemInfo(**recommender.item(item_id)).model_dump())
         except UnknownItemError as error:
             metrics.error("/v1/items/{item_id}", "unknown_item")
             return _error(404, str(error), "item_id")
@@ -309,14 +407,19 @@ def create_app(recommender: Recommender, config: AppConfig | None = None) -> Fas
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
     async def readyz():
-        """Ready to answer: the batch worker runs."""
-        body = Health(status="ready" if batcher.running else "starting", items=recommender.num_items, engine=recommender.engine.name, model=model_info)
-        return JSONResponse(body.model_dump(), status_code=200 if batcher.running else 503)
+        """Ready to answer: the batch worker runs and the service is not shutting down (503 + Retry-After otherwise)."""
+        ready = batcher.running and not config.drain.active
+        state = "ready" if ready else "draining" if config.drain.active else "starting"
+        body = Health(status=state, items=recommender.num_items, engine=recommender.engine.name, model=model_info)
+        if not ready:
+            metrics.error("/readyz", "not_ready")
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=None if ready else retry_after)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def prometheus():
         """Prometheus text exposition."""
         metrics.queue_depth.set(batcher.depth)
+        metrics.items.set(recommender.num_items)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

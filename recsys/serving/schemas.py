@@ -2,7 +2,9 @@
 
 The limits are part of the OpenAPI schema, so clients (and the property tests) see them:
 a request past a limit is answered 422 naming the field (``loc`` in the error detail);
-a body past :data:`MAX_BODY_BYTES` is answered 413 before it is parsed.
+a body past :data:`MAX_BODY_BYTES` is answered 413 before it is parsed. Every request model
+is strict (pydantic strict mode, unknown fields refused): ``"k": "5"``, ``"k": true``,
+``"exclude_history": "yes"`` or ``0`` are 422, not coerced.
 
 Example:
     >>> RecommendRequest(history=["50", "172"], k=5).exclude_history
@@ -34,7 +36,9 @@ ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every request model: strict types (no coercion between str, int, float, bool), no extra fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendRequest(_Strict):
@@ -106,6 +110,7 @@ class ItemInfo(BaseModel):
     title: str | None = None
     has_cf: bool = Field(..., description="False for items without training interactions (CF token = the unseen-item rule).")
     added: bool = Field(..., description="True for items added at runtime.")
+    available: bool = Field(True, description="False for items removed with DELETE /v1/items/{id}: never recommended, still valid in histories.")
 
 
 class ErrorBody(BaseModel):

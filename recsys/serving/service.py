@@ -7,7 +7,10 @@ queries (the micro-batcher hands it whole batches) and adds items at runtime fro
 text: the bundle's text encoder embeds the text, the item encoder gives the semantic
 tokens and the CF token by the unseen-item rule, and the item is appended to the model's
 item encoder (so it may appear in histories) and to the index (so it is retrievable) at
-once. One lock orders searches and insertions.
+once. One lock orders searches and insertions; the text is embedded before it is taken, so
+readers wait only for the append. Items can be marked unavailable (:meth:`set_available`):
+they leave every answer but stay valid in histories. Durable changes go through
+:class:`~recsys.serving.catalogue.Catalogue`, which commits them to a store first.
 
 Example:
     >>> rec = Recommender.from_bundle("bundles/setrec-ml100k", engine="torch")
@@ -26,15 +29,12 @@ import numpy as np
 import torch
 
 from recsys.errors import ArtifactError, ConfigError, SetrecError, UnknownItemError
+from recsys.serving.catalogue import DuplicateItemError
 from recsys.serving.index import IndexConfig, ItemIndex
 
 
 class NoKnownHistoryError(UnknownItemError):
     """No item of a history is in the catalogue: nothing to recommend from."""
-
-
-class DuplicateItemError(SetrecError):
-    """An item id that is already in the catalogue."""
 
 
 class TextEncoderUnavailableError(SetrecError):
@@ -130,6 +130,10 @@ class Recommender:
         titles: display title of each item row (None when unknown).
         model_name / model_version: reported with every answer.
         text_encoder: description of the text encoder (bundle manifest) for :meth:`add_item`.
+        text_encoder_dir: where the text encoder is on this machine (``recsys serve --text-encoder``);
+            None looks at the recorded path, then at the bundled all-MiniLM-L6-v2; each candidate
+            is accepted only with the recorded fingerprint.
+        dataset_fingerprint: the bundle's dataset fingerprint (names its catalogue in a store).
     """
 
     def __init__(
@@ -142,6 +146,8 @@ class Recommender:
         model_name: str,
         model_version: str,
         text_encoder: dict | None = None,
+        text_encoder_dir: str | Path | None = None,
+        dataset_fingerprint: str = "",
     ) -> None:
         if len(item_ids) != len(index) or len(titles) != len(index):
             raise ArtifactError(f"{len(item_ids)} item ids and {len(titles)} titles for an index of {len(index)} items")
@@ -157,8 +163,12 @@ class Recommender:
             raise ArtifactError("the catalogue has duplicate item ids; re-run `recsys data prepare`")
         self._titles: list[str | None] = list(titles)
         self._added: list[bool] = [False] * len(self._ids)
+        self._unavailable: set[int] = set()
         self._lock = threading.RLock()
+        self._encode_lock = threading.Lock()  # the text encoder is not thread-safe; it is not the reader's lock
         self._text_encoder = None
+        self.text_encoder_dir = Path(text_encoder_dir) if text_encoder_dir else None
+        self.dataset_fingerprint = dataset_fingerprint
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -172,6 +182,7 @@ class Recommender:
         index_config: IndexConfig | None = None,
         vllm_config=None,
         check_table: bool = True,
+        text_encoder_dir: str | Path | None = None,
     ) -> "Recommender":
         """Load and verify a bundle (checksums, schema version) and start an engine on it.
 
@@ -182,6 +193,7 @@ class Recommender:
             index_config: how to index (default exact: the bundle's ``index.faiss`` as written).
             vllm_config: :class:`~recsys.serving.engines.VllmEngineConfig` for ``engine="vllm"``.
             check_table: verify that the stored item table equals the model's item table.
+            text_encoder_dir: the bundle's text encoder on this machine (see the class arguments).
 
         Raises:
             ArtifactError / ConfigError: the bundle is invalid, or the engine cannot run it.
@@ -208,7 +220,14 @@ class Recommender:
             index = ItemIndex.load(info.index_path, vectors, index_config or IndexConfig())
         else:
             index = ItemIndex(vectors, index_config)
-        items = pl.read_parquet(info.items_path).sort("item_idx")
+        try:
+            items = pl.read_parquet(info.items_path)
+        except Exception as error:  # polars raises ComputeError, OSError, ... for a file that is not Parquet
+            raise ArtifactError(f"{info.items_path} is not a readable Parquet file ({' '.join(str(error).split())[:200]}); re-export the bundle") from error
+        missing = {"item_idx", "item_id"} - set(items.columns)
+        if missing:
+            raise ArtifactError(f"{info.items_path} has no column {sorted(missing)}; re-export the bundle")
+        items = items.sort("item_idx")
         if items.height != table.shape[0] or items["item_idx"].to_list() != list(range(items.height)):
             raise ArtifactError(f"{info.items_path}: item_idx must be 0..{table.shape[0] - 1}; re-export the bundle")
         title_column = "title" if "title" in items.columns else "text" if "text" in items.columns else None
@@ -223,6 +242,8 @@ class Recommender:
             model_name or path.resolve().name,
             model_version or _bundle_version(path),
             info.text_encoder,
+            text_encoder_dir=text_encoder_dir,
+            dataset_fingerprint=str(info.manifest.get("dataset_fingerprint", "")),
         )
 
     # ------------------------------------------------------------------ catalogue
@@ -230,8 +251,12 @@ class Recommender:
     def num_items(self) -> int:
         return len(self._ids)
 
+    def has(self, item_id: str) -> bool:
+        """True when ``item_id`` is in the catalogue (available or not)."""
+        return item_id in self._row
+
     def item(self, item_id: str) -> dict:
-        """Catalogue entry of ``item_id``: id, index, title, has_cf, added.
+        """Catalogue entry of ``item_id``: id, index, title, has_cf, added, available.
 
         Raises:
             UnknownItemError: the id is not in the catalogue.
@@ -241,7 +266,10 @@ class Recommender:
             if row is None:
                 raise UnknownItemError(f"item {item_id!r} is not in the catalogue; add it with POST /v1/items")
             has_cf = bool(self.model.item_encoder.has_cf[row])
-            return {"id": item_id, "index": row, "title": self._titles[row], "has_cf": has_cf, "added": self._added[row]}
+            return {
+                "id": item_id, "index": row, "title": self._titles[row], "has_cf": has_cf,
+                "added": self._added[row], "available": row not in self._unavailable,
+            }
 
     def _rows(self, ids: Sequence[str], unknown: list[str], seen: set[str]) -> list[int]:
         rows = []
@@ -281,6 +309,8 @@ class Recommender:
                 exclude = set(self._rows(query.exclude, unknown, seen))
                 if query.exclude_history:
                     exclude.update(history)
+                if self._unavailable:
+                    exclude.update(self._unavailable)
                 pool = None if query.candidates is None else self._rows(query.candidates, unknown, seen)
                 histories.append(history)
                 excludes.append(exclude)
@@ -303,35 +333,118 @@ class Recommender:
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ cold start
-    def _encoder(self):
-        """The bundle's text encoder, loaded on first use and checked against its fingerprint."""
-        if self._text_encoder is None:
-            from recsys.tokenizers.text_encoder import TextEncoder, TextEncoderConfig
+    def _encoder_candidates(self) -> list[tuple[str, Path]]:
+        """Where the bundle's text encoder may be on this machine, most specific first."""
+        from recsys.tokenizers.text_encoder import default_encoder_path
 
-            info = self.text_encoder_info
-            if not info.get("path"):
-                raise TextEncoderUnavailableError("the bundle records no text encoder; items cannot be added from text")
+        candidates = []
+        if self.text_encoder_dir is not None:
+            candidates.append(("--text-encoder", self.text_encoder_dir))
+        if self.text_encoder_info.get("path"):
+            candidates.append(("the path recorded in the bundle", Path(self.text_encoder_info["path"])))
+        try:
+            candidates.append(("the bundled all-MiniLM-L6-v2", default_encoder_path()))
+        except ImportError:
+            pass
+        return candidates
+
+    def _encoder(self):
+        """The bundle's text encoder, found by :meth:`_encoder_candidates` and its fingerprint; loaded once.
+
+        Messages name no path of this server: the caller may show them to a client.
+        """
+        if self._text_encoder is not None:
+            return self._text_encoder
+        from recsys.tokenizers.text_encoder import TextEncoder, TextEncoderConfig
+
+        info = self.text_encoder_info
+        wanted = info.get("fingerprint")
+        if not wanted and not info.get("path"):
+            raise TextEncoderUnavailableError("the bundle records no text encoder; items cannot be added from text")
+        tried = []
+        for where, folder in self._encoder_candidates():
+            if not folder.is_dir():
+                tried.append(f"{where}: not found")
+                continue
             try:
                 encoder = TextEncoder(
-                    TextEncoderConfig(path=info["path"], pooling=info.get("pooling"), normalize=info.get("normalize"), max_length=info.get("max_length"))
+                    TextEncoderConfig(path=str(folder), pooling=info.get("pooling"), normalize=info.get("normalize"), max_length=info.get("max_length"))
                 )
-            except ConfigError as error:
-                raise TextEncoderUnavailableError(f"the bundle's text encoder cannot be loaded: {error}") from error
-            if info.get("fingerprint") and encoder.fingerprint != info["fingerprint"]:
-                raise TextEncoderUnavailableError(
-                    f"text encoder at {info['path']} has fingerprint {encoder.fingerprint}, the bundle was built with "
-                    f"{info['fingerprint']}; install the same encoder"
-                )
+            except ConfigError:
+                tried.append(f"{where}: not a model folder")
+                continue
+            if wanted and encoder.fingerprint != wanted:
+                tried.append(f"{where}: fingerprint {encoder.fingerprint}")
+                continue
             if encoder.dim != self.model.item_encoder.text_embeddings.shape[1]:
-                raise TextEncoderUnavailableError(f"text encoder gives {encoder.dim}-d vectors, the model reads {self.model.item_encoder.text_embeddings.shape[1]}-d")
+                tried.append(f"{where}: {encoder.dim}-d vectors, the model reads {self.model.item_encoder.text_embeddings.shape[1]}-d")
+                continue
             self._text_encoder = encoder
-        return self._text_encoder
+            return encoder
+        raise TextEncoderUnavailableError(
+            f"the bundle's text encoder (fingerprint {wanted or 'unrecorded'}) is not on this server ({'; '.join(tried)}); "
+            "start recsys serve with --text-encoder DIR pointing at that encoder"
+        )
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), text_dim) float32 embeddings by the bundle's text encoder; takes no reader lock.
+
+        Raises:
+            TextEncoderUnavailableError: the encoder cannot be found or loaded.
+        """
+        with self._encode_lock:
+            encoder = self._encoder()
+            return np.asarray(encoder.encode_batch(list(texts)), dtype=np.float32)
+
+    def insert_items(self, item_ids: Sequence[str], vectors: np.ndarray, titles: Sequence[str | None], added: bool = True) -> list[int]:
+        """Append items from their text embeddings to the model and the index; returns their rows.
+
+        Holds the reader lock only for the append (the item encoder on the new rows and one index
+        add). Semantic tokens come from the bundle's autoencoder; the CF token follows the
+        unseen-item rule (zero CF embedding, so the projection bias).
+
+        Raises:
+            DuplicateItemError: an id exists (nothing is appended).
+        """
+        vectors_t = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        with self._lock:
+            clash = [i for i in item_ids if i in self._row]
+            if clash or len(set(item_ids)) != len(item_ids):
+                raise DuplicateItemError(f"id: item {(clash or list(item_ids))[0]!r} is already in the catalogue")
+            new = self.model.item_encoder.add_items(vectors_t)
+            with torch.no_grad():
+                tokens = self.model._select(self.model.item_encoder(new)).float().cpu()
+            rows = self.index.add(tokens.flatten(1).numpy())
+            if rows.tolist() != new.tolist():
+                raise ArtifactError(f"index rows {rows.tolist()} and item encoder rows {new.tolist()} differ; restart the service")
+            for item_id, title, row in zip(item_ids, titles, rows.tolist()):
+                self._ids.append(item_id)
+                self._row[item_id] = row
+                self._titles.append(title)
+                self._added.append(added)
+            return rows.tolist()
+
+    def set_available(self, item_id: str, available: bool) -> dict:
+        """Put an item back into, or take it out of, every answer (it stays valid in histories).
+
+        Raises:
+            UnknownItemError: the id is not in the catalogue.
+        """
+        with self._lock:
+            row = self._row.get(item_id)
+            if row is None:
+                raise UnknownItemError(f"item {item_id!r} is not in the catalogue")
+            if available:
+                self._unavailable.discard(row)
+            else:
+                self._unavailable.add(row)
+            return self.item(item_id)
 
     def add_item(self, item_id: str, text: str, title: str | None = None) -> dict:
-        """Add an item from its text; retrievable (and usable in histories) when this returns.
+        """Add an item from its text, in memory only; retrievable (and usable in histories) when this returns.
 
-        Semantic tokens come from the bundle's autoencoder over the text embedding; the CF
-        token follows the unseen-item rule (zero CF embedding, so the projection bias).
+        The service adds items through :class:`~recsys.serving.catalogue.Catalogue`, which commits
+        them to its store first.
 
         Raises:
             DuplicateItemError: the id exists.
@@ -339,23 +452,9 @@ class Recommender:
         """
         if item_id in self._row:
             raise DuplicateItemError(f"id: item {item_id!r} is already in the catalogue")
-        encoder = self._encoder()
-        with self._lock:  # the text encoder is not thread-safe either
-            vector = torch.from_numpy(np.asarray(encoder.encode_batch([text]), dtype=np.float32))
-            if item_id in self._row:
-                raise DuplicateItemError(f"id: item {item_id!r} is already in the catalogue")
-            new = self.model.item_encoder.add_items(vector)
-            with torch.no_grad():
-                tokens = self.model._select(self.model.item_encoder(new)).float().cpu()
-            rows = self.index.add(tokens.flatten(1).numpy())
-            row = int(rows[0])
-            if row != int(new[0]):
-                raise ArtifactError(f"index row {row} and item encoder row {int(new[0])} differ; restart the service")
-            self._ids.append(item_id)
-            self._row[item_id] = row
-            self._titles.append(title)
-            self._added.append(True)
-            return self.item(item_id)
+        vector = self.embed_texts([text])
+        self.insert_items([item_id], vector, [title])
+        return self.item(item_id)
 
     def close(self) -> None:
         """Stop the engine."""

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 def serve_args(**overrides) -> Namespace:
     values = dict(model=None, bundle=None, engine="torch", host="127.0.0.1", port=8000, admin_token_file=None,
-                  max_batch_size=8, max_wait_ms=1.0, max_queue=64, index="exact", threads=0, log_level="warning")
+                  max_batch_size=8, max_wait_ms=1.0, max_queue=64, index="exact", threads=0, log_level="warning",
+                  catalogue="sqlite://", catalogue_poll_s=0.0, text_encoder=None, max_in_flight=0, drain_s=1.0)
     values.update(overrides)
     return Namespace(**values)
 
@@ -40,6 +41,7 @@ def test_a_registered_model_is_served_under_its_name_and_version(qwen_bundle, tm
     assert main(["register", "--run", run.info.run_id, "--name", "setrec", "--alias", "champion"]) == 0
     token_file = tmp_path / "admin.token"
     token_file.write_text("registry-admin-token-123\n")
+    token_file.chmod(0o600)
     app = build_app(serve_args(model="models:/setrec@champion", admin_token_file=str(token_file)))
     with TestClient(app) as client:
         body = client.post("/v1/recommend", json={"history": ["1", "50"], "k": 5}).json()
@@ -62,6 +64,7 @@ def test_startup_refuses_a_tampered_bundle_a_short_token_and_t5_on_vllm(qwen_bun
     assert "no such directory" in capsys.readouterr().err
     short = tmp_path / "short.token"
     short.write_text("abc")
+    short.chmod(0o600)
     assert main(["serve", "--bundle", str(qwen_bundle), "--admin-token-file", str(short)]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
     assert main(["serve", "--bundle", str(t5_bundle), "--engine", "vllm"]) == 2
