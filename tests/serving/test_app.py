@@ -190,3 +190,136 @@ def test_metrics_expose_requests_latency_batches_and_errors(client):
     request = schema["components"]["schemas"]["RecommendRequest"]["properties"]
     assert request["k"]["maximum"] == 1000 and request["history"]["maxItems"] == 1000
     assert json.dumps(schema)  # serialisable
+
+
+# ---------------------------------------------------------------- strict types, ids, auth order, docs
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/v1/recommend", {"history": ["1"], "k": "5"}, "k"),
+        ("/v1/recommend", {"history": ["1"], "k": True}, "k"),
+        ("/v1/recommend", {"history": ["1"], "k": 5.0}, "k"),
+        ("/v1/recommend", {"history": ["1"], "exclude_history": "yes"}, "exclude_history"),
+        ("/v1/recommend", {"history": ["1"], "exclude_history": 0}, "exclude_history"),
+        ("/v1/recommend", {"history": "1"}, "history"),
+        ("/v1/recommend", {"history": ["1"], "exclude": [2]}, "exclude.0"),
+        ("/v1/recommend", {"history": ["1"], "candidates": [True]}, "candidates.0"),
+        ("/v1/recommend/batch", {"requests": [{"history": ["1"], "k": "2"}]}, "requests.0.k"),
+        ("/v1/items", {"id": 7, "text": "a film"}, "id"),
+        ("/v1/items", {"id": "strict-1", "text": "a film", "title": 3}, "title"),
+        ("/v1/items", {"id": "strict-2", "text": ["a film"]}, "text"),
+    ],
+)
+def test_request_types_are_strict(client, path, body, field):
+    answer = client.post(path, json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == field
+
+
+def test_an_id_with_slashes_can_be_read_back_and_removed(client):
+    created = client.post("/v1/items", json={"id": "shop/42/a", "text": "Casablanca. Year: 1942. Genres: Drama, Romance"}, headers=AUTH)
+    assert created.status_code == 201, created.text
+    assert client.get("/v1/items/shop/42/a").json()["id"] == "shop/42/a"
+    assert client.get("/v1/items/shop%2F42%2Fa").json()["id"] == "shop/42/a"
+    removed = client.delete("/v1/items/shop/42/a", headers=AUTH)
+    assert removed.status_code == 200 and removed.json()["available"] is False
+
+
+def test_the_admin_token_is_checked_before_the_body_is_read(client):
+    broken = b'{"id": "x", "text": '
+    assert client.post("/v1/items", content=broken, headers={"content-type": "application/json"}).status_code == 401
+    assert client.delete("/v1/items/1").status_code == 401
+    assert client.delete("/v1/items/1", headers={"Authorization": "Basic " + TOKEN}).status_code == 401
+    answer = client.post("/v1/items", content=broken, headers={"content-type": "application/json", **AUTH})
+    assert answer.status_code == 422
+
+
+def test_no_page_loads_scripts_from_a_cdn(client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_removed_item_leaves_every_answer_but_stays_valid_in_histories(client, qwen_recommender):
+    history = ["1", "50"]
+    full = ids_of(client.post("/v1/recommend", json={"history": history, "k": 10}).json())
+    gone = full[0]
+    try:
+        removed = client.delete(f"/v1/items/{gone}", headers=AUTH)
+        assert removed.status_code == 200 and removed.json()["available"] is False and not removed.json()["added"]
+        assert client.get(f"/v1/items/{gone}").json()["available"] is False
+        assert client.delete(f"/v1/items/{gone}", headers=AUTH).status_code == 200  # idempotent
+        after = ids_of(client.post("/v1/recommend", json={"history": history, "k": 10}).json())
+        assert gone not in after and after[:9] == full[1:10]
+        pooled = client.post("/v1/recommend", json={"history": history, "k": 5, "candidates": [gone, "2"]}).json()
+        assert ids_of(pooled) == ["2"]
+        in_history = client.post("/v1/recommend", json={"history": [gone, "1"], "k": 3})
+        assert in_history.status_code == 200 and in_history.json()["unknown_items"] == []
+        missing = client.delete("/v1/items/never-there", headers=AUTH)
+        assert missing.status_code == 404 and missing.json()["field"] == "item_id"
+    finally:
+        qwen_recommender.set_available(gone, True)
+
+
+# ---------------------------------------------------------------- one overload answer
+
+def assert_json_503(answer, metrics_text, kind):
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("application/json") and answer.headers["retry-after"] == "1"
+    assert set(answer.json()) == {"detail", "field"}
+    assert f'kind="{kind}"' in metrics_text, kind
+
+
+def test_every_503_is_json_with_retry_after_and_counted(qwen_recommender, tmp_path):
+    from recsys.serving.catalogue import Catalogue, CatalogueStore
+
+    # too many requests in flight: the service's own limit (uvicorn's plain-text limit is not used)
+    app = create_app(qwen_recommender, AppConfig(max_in_flight=2, batcher=BatcherConfig(max_batch_size=1, max_wait_ms=0, max_queue=1000)))
+    with TestClient(app) as local:
+        async def flood():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                return await asyncio.gather(*(http.post("/v1/recommend", json={"history": ["1", "2"], "k": 5}) for _ in range(12)))
+
+        answers = local.portal.call(flood)
+        assert {a.status_code for a in answers} == {200, 503}
+        assert local.get("/healthz").status_code == 200  # ops endpoints are not limited
+        assert_json_503(next(a for a in answers if a.status_code == 503), local.get("/metrics").text, "overloaded")
+        # draining (SIGTERM): not ready, and every answer closes its connection
+        app.state.config.drain.start()
+        ready = local.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "1" and ready.json()["status"] == "draining"
+        assert local.post("/v1/recommend", json={"history": ["1"], "k": 2}).headers["connection"] == "close"
+        assert 'kind="not_ready"' in local.get("/metrics").text
+    # a stopped batch worker (shutting down)
+    app = create_app(qwen_recommender, AppConfig())
+    with TestClient(app) as local:
+        local.portal.call(app.state.batcher.stop)
+        assert_json_503(local.post("/v1/recommend", json={"history": ["1"], "k": 2}), local.get("/metrics").text, "queue_full")
+        assert_json_503(local.post("/v1/recommend/batch", json={"requests": [{"history": ["1"]}]}), local.get("/metrics").text, "queue_full")
+    # the catalogue store is down
+    store = CatalogueStore(f"sqlite:///{tmp_path / 'c.db'}", "down")
+    app = create_app(qwen_recommender, AppConfig(admin_token=TOKEN), Catalogue(qwen_recommender, store, poll_s=0))
+    with TestClient(app) as local:
+        (tmp_path / "c.db").unlink()
+        store.engine.dispose()
+        (tmp_path / "c.db").mkdir()  # not a database any more
+        answer = local.post("/v1/items", json={"id": "down-1", "text": "t"}, headers=AUTH)
+        assert_json_503(answer, local.get("/metrics").text, "store_unavailable")
+        assert not qwen_recommender.has("down-1")  # nothing applied that was not committed
+    # the text encoder is not on this server
+    encoder_info = dict(qwen_recommender.text_encoder_info)
+    qwen_recommender.text_encoder_info.update(path="/nowhere/encoder", fingerprint="0" * 16)
+    qwen_recommender._text_encoder = None
+    try:
+        with TestClient(create_app(qwen_recommender, AppConfig(admin_token=TOKEN))) as local:
+            answer = local.post("/v1/items", json={"id": "enc-1", "text": "t"}, headers=AUTH)
+            assert_json_503(answer, local.get("/metrics").text, "no_text_encoder")
+            assert "/nowhere" not in answer.text
+    finally:
+        qwen_recommender.text_encoder_info.clear()
+        qwen_recommender.text_encoder_info.update(encoder_info)
+        qwen_recommender._text_encoder = None
