@@ -116,3 +116,68 @@ def test_recsys_serve_answers_over_http(qwen_bundle):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_token_file_others_can_read_is_refused(qwen_bundle, tmp_path, capsys):
+    token = tmp_path / "admin.token"
+    token.write_text("a-long-enough-admin-token\n")
+    token.chmod(0o644)
+    assert main(["serve", "--bundle", str(qwen_bundle), "--admin-token-file", str(token)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lets other users read the token" in err and f"chmod 600 {token}" in err and err.count("\n") == 0
+
+
+def resign(path) -> None:
+    import json
+
+    from recsys.bundle import manifest_checksum
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def edit(path, change) -> None:
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    resign(path)
+
+
+def replace_file(path, name, data: bytes) -> None:
+    import hashlib
+
+    (path / name).write_bytes(data)
+    edit(path, lambda m: m["files"].__setitem__(name, hashlib.sha256(data).hexdigest()))
+
+
+def _t5_backbone(t5_bundle):
+    import json
+
+    return json.loads((t5_bundle / "manifest.json").read_text())["backbone_config"]
+
+
+BAD_BUNDLES = {
+    "manifest is a JSON list": (lambda p, t5: (p / "manifest.json").write_text("[1, 2]"), "holds a JSON list"),
+    "string beta": (lambda p, t5: edit(p, lambda m: m.__setitem__("beta", "0.5")), "field beta: Input should be a valid number"),
+    "missing shapes": (lambda p, t5: edit(p, lambda m: m.pop("shapes")), "field shapes: Field required"),
+    "max_len -5": (lambda p, t5: edit(p, lambda m: m.__setitem__("max_len", -5)), "field max_len: Input should be greater than 0"),
+    "hand-edited manifest": (lambda p, t5: (p / "manifest.json").write_text((p / "manifest.json").read_text().replace('"max_len": 10', '"max_len": 3')), "manifest_sha256"),
+    "invalid YAML config": (lambda p, t5: replace_file(p, "config.yaml", b"model: [unclosed\n"), "config.yaml is not valid safe YAML"),
+    "tagged YAML config": (lambda p, t5: replace_file(p, "config.yaml", b"!!python/object/apply:os.system ['true']\n"), "config.yaml is not valid safe YAML"),
+    "items.parquet not Parquet": (lambda p, t5: replace_file(p, "items.parquet", b"item_idx,item_id\n0,1\n"), "items.parquet is not a readable Parquet file"),
+    "qwen over a T5 backbone config": (lambda p, t5: edit(p, lambda m: m.__setitem__("backbone_config", t5)), "backbone_config.model_type is 't5'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BUNDLES))
+def test_every_bad_bundle_is_one_line_and_exit_2(qwen_bundle, t5_bundle, tmp_path, capsys, case):
+    damage, expected = BAD_BUNDLES[case]
+    bundle = shutil.copytree(qwen_bundle, tmp_path / "bundle")
+    damage(bundle, _t5_backbone(t5_bundle))
+    assert main(["serve", "--bundle", str(bundle), "--catalogue", "sqlite://"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0 and "Traceback" not in err, err
+    assert expected in err, err
