@@ -1,9 +1,13 @@
 """Type the text tables of a source and find its bad rows.
 
-A bad row is one the pipeline cannot use as given: a missing or empty id, a value of the
-wrong type, invalid UTF-8, a ``split`` value other than train/valid/test, an event that
-repeats another one exactly (same user, item and time), an interaction naming an item
-absent from the item file, an item listed twice or without any text. Under policy
+A bad row is one the pipeline cannot use as given: a delimited row with another number of
+fields than the header (``ragged_row``: "expected 3 fields, found 4", an unquoted separator
+inside a value), a missing or empty id, a value of the wrong type, a time that is not a
+possible interaction time (``time_out_of_range``, see :mod:`recsys.pipelines.times`),
+invalid UTF-8, a ``split`` value other than train/valid/test, an event that repeats another
+one exactly (same user, item and time), an interaction naming an item absent from the item
+file, an item listed twice or without any text. Messages name the user's column
+(``unixReviewTime``, ``timestamp (field 4)``), not the canonical one. Under policy
 ``error`` the first one raises :class:`~recsys.errors.DataFormatError` naming file, line and
 column; under ``drop`` they are removed and counted per reason (see :mod:`issues`).
 
@@ -54,14 +58,6 @@ def _text(name: str) -> pl.Expr:
     """Column ``name`` as stripped text, empty text as null."""
     value = pl.col(name).cast(pl.String).str.strip_chars()
     return pl.when(value == "").then(None).otherwise(value)
-
-
-def _integer(name: str) -> pl.Expr:
-    """Column ``name`` as Int64: integers, or integral numbers written as floats ("8.8e8", "12.0")."""
-    value = _text(name)
-    as_float = value.cast(pl.Float64, strict=False)
-    integral = pl.when(as_float.round(0) == as_float).then(as_float.cast(pl.Int64, strict=False))
-    return pl.coalesce(value.cast(pl.Int64, strict=False), integral)
 
 
 def _flags(checks: list[tuple[str, str, pl.Expr, pl.Expr]]) -> list[pl.Expr]:
