@@ -1,7 +1,8 @@
 """Item text: clean each source field and assemble one bounded text per item.
 
 Cleaning, per field: a value that IS a serialized list as a whole (``"['a', 'b']"``, a JSON
-array, a list of lists; elements quoted strings or numbers) is flattened into its elements;
+array, a list of lists, a Python-repr list whose strings hold an unescaped quote; elements
+strings or numbers) is flattened into its elements;
 any other value, even one that starts with ``[`` and ends with ``]`` (Amazon titles such as
 ``[The River Atlas] [By: Roe, Sam]``), is kept verbatim. HTML entities are unescaped, HTML
 tags (``<b>``, ``</p>``, ``<br/>``, comments) are removed, whitespace is collapsed. The text
@@ -18,23 +19,99 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import html
+import json
+import re
 
 import polars as pl
 
 from recsys.pipelines.source import TEXT_FIELDS
 
-#: A quoted element of a stringified Python list or JSON array.
-_QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
-#: A number element of a serialized list.
-_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-_SCALAR = rf"(?:{_QUOTED}|{_NUMBER})"
-_FLAT_LIST = rf"\[\s*(?:{_SCALAR}\s*(?:,\s*{_SCALAR}\s*)*,?\s*)?\]"
-_ELEMENT = rf"(?:{_SCALAR}|{_FLAT_LIST})"
-#: A whole value that is a serialized list (of scalars, or of lists of scalars): only these are flattened.
-SERIALIZED_LIST = rf"^\[\s*(?:{_ELEMENT}\s*(?:,\s*{_ELEMENT}\s*)*,?\s*)?\]$"
 #: An HTML tag or comment (a name right after ``<``: "size <10 and >5" is not a tag).
 HTML_TAG = r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"
+#: Elements of a Python-repr list whose strings hold unescaped quotes ("['a', 'for it's b']"):
+#: the separators between quoted elements.
+_QUOTED_SEPARATOR = re.compile(r"""['"]\s*,\s*['"]""")
+#: A quote next to a bracket inside what should be one element: the value is not one list.
+_QUOTE_BRACKET = re.compile(r"""['"]\s*[\[\]]|[\[\]]\s*['"]""")
+
+
+def serialized_list(text: str | None) -> list[str] | None:
+    """The elements of ``text`` when it IS a serialized list as a whole, else None.
+
+    Accepted: Python literals and JSON arrays of strings and numbers, nested lists flattened
+    (``"[['Tools', 'Saws']]"``), and Python-repr lists whose strings hold an unescaped quote
+    (``"['a', 'for it's b']"``, common in scraped Amazon metadata). Anything else that starts
+    with ``[`` and ends with ``]`` (``"[The River Atlas] [By: Roe, Sam]"``) is not a list.
+
+    Example:
+        >>> serialized_list("['Tools', 'Saws']"), serialized_list("[Renewed] Lamp [Blue]")
+        (['Tools', 'Saws'], None)
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, list):
+            flat = _flatten(value)
+            if flat is not None:
+                return flat
+    inner = text[1:-1].strip()
+    if len(inner) >= 2 and inner[0] in "'\"" and inner[-1] in "'\"":
+        parts = _QUOTED_SEPARATOR.split(inner[1:-1])
+        if not any(_QUOTE_BRACKET.search(part) for part in parts):
+            return parts
+    return None
+
+
+def _flatten(value: list) -> list[str] | None:
+    """Strings and numbers of a (nested) list, in order; None when it holds anything else."""
+    out: list[str] = []
+    for element in value:
+        if isinstance(element, list):
+            inner = _flatten(element)
+            if inner is None:
+                return None
+            out += inner
+        elif isinstance(element, str):
+            out.append(element)
+        elif isinstance(element, (int, float)) and not isinstance(element, bool):
+            out.append(str(element))
+        elif element is not None:
+            return None
+    return out
+
+
+def _flatten_lists(series: pl.Series, separator: str) -> pl.Series:
+    """``series`` with every serialized-list value replaced by its non-empty elements joined by ``separator``."""
+    candidates = (series.str.starts_with("[") & series.str.ends_with("]")).fill_null(False)
+    if not candidates.any():
+        return series
+    values = series.to_list()
+    for index in candidates.arg_true().to_list():
+        elements = serialized_list(values[index])
+        if elements is not None:
+            values[index] = separator.join(e.strip() for e in elements if e.strip())
+    return pl.Series(series.name, values, dtype=pl.String)
+
+
+def _is_list(series: pl.Series) -> pl.Series:
+    candidates = (series.str.starts_with("[") & series.str.ends_with("]")).fill_null(False)
+    out = [False] * series.len()
+    if candidates.any():
+        values = series.to_list()
+        for index in candidates.arg_true().to_list():
+            out[index] = serialized_list(values[index]) is not None
+    return pl.Series(series.name, out, dtype=pl.Boolean)
+
+
 #: Field labels in the assembled text (the title needs none).
 LABELS = {
     "brand": "Brand",
@@ -58,13 +135,13 @@ def _unescape(series: pl.Series) -> pl.Series:
 
 
 def is_serialized_list(value: pl.Expr) -> pl.Expr:
-    """Whether each (stripped) text value is a serialized list as a whole (see :data:`SERIALIZED_LIST`).
+    """Whether each (stripped) text value is a serialized list as a whole (see :func:`serialized_list`).
 
     Example:
         >>> pl.DataFrame({"t": ["['a', 'b']", "[Blue] Kettle [XL]"]}).select(is_serialized_list(pl.col("t"))).to_series().to_list()
         [True, False]
     """
-    return value.str.contains(SERIALIZED_LIST)
+    return value.map_batches(_is_list, return_dtype=pl.Boolean)
 
 
 def clean_field(name: str, *, separator: str = ", ") -> pl.Expr:
@@ -81,17 +158,7 @@ def clean_field(name: str, *, separator: str = ", ") -> pl.Expr:
         '[Renewed] Lamp [Blue]'
     """
     value = pl.col(name).cast(pl.String).str.strip_chars()
-    elements = (
-        value.str.extract_all(rf"{_QUOTED}|{_NUMBER}")
-        .list.eval(
-            pl.when(pl.element().str.starts_with("'") | pl.element().str.starts_with('"'))
-            .then(pl.element().str.slice(1, pl.element().str.len_chars() - 2).str.replace_all(r"\\(['\"])", "$1"))
-            .otherwise(pl.element())
-        )
-        .list.eval(pl.element().filter(pl.element().str.strip_chars() != ""))
-        .list.join(separator)
-    )
-    value = pl.when(is_serialized_list(value)).then(elements).otherwise(value)
+    value = value.map_batches(lambda series: _flatten_lists(series, separator), return_dtype=pl.String)
     value = value.map_batches(_unescape, return_dtype=pl.String)
     value = value.str.replace_all(HTML_TAG, " ").str.replace_all(r"\s+", " ").str.strip_chars()
     return pl.when(value == "").then(None).otherwise(value).alias(name)

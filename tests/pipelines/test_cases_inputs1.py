@@ -169,6 +169,25 @@ def test_only_real_serialized_lists_are_flattened_and_removed_text_is_counted(tm
     }
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("['Tools', 'Saws']", "Tools, Saws"),
+        ('[["Tools", "Hand"], ["x"]]', "Tools, Hand, x"),
+        ("['Fits it's rack', 'Screws not included']", "Fits it's rack, Screws not included"),  # old code erased both
+        ("['Line one\\n', 'Line two']", "Line one, Line two"),  # escapes decoded, not left as \\n
+        ("[1, 2.5]", "1, 2.5"),
+        ('["Quoted"] Title ["x"]', '["Quoted"] Title ["x"]'),  # not one list: verbatim
+        ("[Blue] Kettle [XL]", "[Blue] Kettle [XL]"),
+        ("Current <100mA, voltage >5V", "Current <100mA, voltage >5V"),  # not tags: old code cut the text between
+    ],
+)
+def test_list_and_tag_cleaning_never_loses_text(value, expected):
+    from recsys.pipelines.text import clean_field
+
+    assert pl.DataFrame({"v": [value]}).select(clean_field("v")).item() == expected
+
+
 # ----------------------------------------------------------------------------------------------- time columns
 def test_recbole_float_time_case_is_read_and_ordered_by_the_float_value(tmp_path):
     manifest = _prepare(CASES / "recbole-float-time", tmp_path)
