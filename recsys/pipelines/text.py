@@ -94,6 +94,15 @@ def _flatten_lists(series: pl.Series, separator: str) -> pl.Series:
     candidates = (series.str.starts_with("[") & series.str.ends_with("]")).fill_null(False)
     if not candidates.any():
         return series
+    try:  # fast path: every candidate is a flat JSON array (JSON-lines metadata), decoded by Polars
+        decoded = series.filter(candidates).str.json_decode(pl.List(pl.String))
+    except pl.exceptions.PolarsError:
+        decoded = None
+    if decoded is not None:
+        joined = decoded.list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != "")).list.join(separator)
+        out = series.clone()
+        out.scatter(candidates.arg_true(), joined)
+        return out
     values = series.to_list()
     for index in candidates.arg_true().to_list():
         elements = serialized_list(values[index])
@@ -104,6 +113,13 @@ def _flatten_lists(series: pl.Series, separator: str) -> pl.Series:
 
 def _is_list(series: pl.Series) -> pl.Series:
     candidates = (series.str.starts_with("[") & series.str.ends_with("]")).fill_null(False)
+    if not candidates.any():
+        return candidates
+    try:  # every candidate a flat JSON array: all of them are lists
+        series.filter(candidates).str.json_decode(pl.List(pl.String))
+        return candidates
+    except pl.exceptions.PolarsError:
+        pass
     out = [False] * series.len()
     if candidates.any():
         values = series.to_list()
