@@ -263,9 +263,15 @@ def create_app(recommender: Recommender, config: AppConfig | None = None, catalo
         catalogue = Catalogue(recommender, CatalogueStore("sqlite://", recommender.dataset_fingerprint), poll_s=0)
     metrics = ServiceMetrics()
     metrics.items.set(recommender.num_items)
-    batcher: MicroBatcher = MicroBatcher(
-        recommender.recommend, config.batcher, on_batch=lambda size: metrics.batch_size.observe(size)
-    )
+
+    def run_batch(queries):
+        start = time.perf_counter()
+        try:
+            return recommender.recommend(queries)
+        finally:
+            metrics.batch_seconds.observe(time.perf_counter() - start)
+
+    batcher: MicroBatcher = MicroBatcher(run_batch, config.batcher, on_batch=lambda size: metrics.batch_size.observe(size))
     model_info = ModelInfo(name=recommender.model_name, version=recommender.model_version)
     retry_after = {"Retry-After": str(config.retry_after_s)}
 

@@ -3,7 +3,10 @@
 Requests are queued on the event loop; one worker task takes whatever is waiting (up to
 ``max_batch_size``), waits at most ``max_wait_ms`` for more when the batch is not full,
 and runs the batch function in a worker thread, so the loop keeps accepting requests
-while a batch runs (and those requests form the next batch). A full queue refuses new
+while a batch runs (and those requests form the next batch). The wait is adaptive: it is
+skipped while load is light (the previous batch held one query and nothing else is
+waiting), so a lone request does not pay ``max_wait_ms`` for company that is not coming;
+as soon as a batch holds more than one query, later batches wait again. A full queue refuses new
 work at once (:class:`QueueFullError`; the app answers 503 with Retry-After) instead of
 letting latency grow without bound.
 
@@ -45,6 +48,12 @@ class BatcherConfig:
     """Longest a query waits for others to join its batch when the batch is not full."""
     max_queue: int = 1024
     """Most queries waiting; beyond it requests are refused (503 + Retry-After)."""
+    adaptive_wait: bool = True
+    """Skip the wait while load is light (see the module docstring); False always waits."""
+    inline_when_light: bool = True
+    """While load is light, run a lone query's batch on the event loop itself instead of the
+    worker thread: two thread hand-offs fewer (on a busy CPU each can wait for a time slice).
+    The loop is blocked for that one query's compute, when nothing else is waiting."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -144,12 +153,14 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         limit = self.config.max_batch_size
         wait = self.config.max_wait_ms / 1000.0
+        busy = True  # the previous batch held more than one query
         while True:
             batch = [await self._queue.get()]
             while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             deadline = time.monotonic() + wait
-            while len(batch) < limit:
+            light = self.config.adaptive_wait and len(batch) == 1 and not busy
+            while len(batch) < limit and not light:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -159,13 +170,18 @@ class MicroBatcher(Generic[T, R]):
                     break
                 while len(batch) < limit and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+            busy = len(batch) > 1
             live = [(item, future) for item, future in batch if not future.cancelled()]
             if not live:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(live))
             try:
-                results = await loop.run_in_executor(self._executor, self.fn, [item for item, _ in live])
+                items = [item for item, _ in live]
+                if light and self.config.inline_when_light and self._queue.empty():
+                    results = self.fn(items)
+                else:
+                    results = await loop.run_in_executor(self._executor, self.fn, items)
                 if len(results) != len(live):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
             except Exception as error:  # one failing batch must not stop the worker

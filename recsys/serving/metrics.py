@@ -5,6 +5,7 @@ Exposed at ``GET /metrics``:
 - ``setrec_requests_total{endpoint, status}``: answered requests by HTTP status;
 - ``setrec_request_latency_seconds{endpoint}``: latency histogram;
 - ``setrec_batch_size``: histogram of the micro-batch sizes run by the engine;
+- ``setrec_batch_seconds``: time of each micro-batch in the recommender (engine + index search);
 - ``setrec_errors_total{endpoint, kind}``: 4xx/5xx answers by kind (validation, unknown_items,
   queue_full, body_too_large, auth, internal, ...);
 - ``setrec_queue_depth`` and ``setrec_catalogue_items``: gauges.
@@ -33,6 +34,9 @@ class ServiceMetrics:
             "setrec_request_latency_seconds", "Request latency.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.batch_size = Histogram("setrec_batch_size", "Queries per engine batch.", buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_seconds = Histogram(
+            "setrec_batch_seconds", "Time of one batch in the recommender (engine + index).", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         self.errors = Counter("setrec_errors", "Error answers by kind.", ["endpoint", "kind"], registry=self.registry)
         self.queue_depth = Gauge("setrec_queue_depth", "Queries waiting for a batch.", registry=self.registry)
         self.items = Gauge("setrec_catalogue_items", "Items in the catalogue.", registry=self.registry)

@@ -164,7 +164,8 @@ def build_bundle(data_dir: Path, out_dir: Path, spec: BundleSpec, text_dir: Path
     finally:
         torch.set_num_threads(threads)
     model.eval()
-    metrics = {"train/loss_first": losses[0], "train/loss_last": sum(losses[-10:]) / min(10, len(losses))}
+    # steps=0: untrained weights, for timing benchmarks only (compute does not depend on weight values)
+    metrics = {"train/loss_first": losses[0], "train/loss_last": sum(losses[-10:]) / min(10, len(losses))} if losses else {}
     return save_bundle(
         model,
         out_dir,

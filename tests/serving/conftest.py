@@ -8,6 +8,7 @@ ranking quality is not what these tests check).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,21 @@ def heldout(ml100k_dir):
     from recsys.pipelines.prepared import PreparedDataset
 
     return PreparedDataset.load(ml100k_dir).eval_examples("test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL 16 server started from the ``pgserver`` wheel (dev extra), stopped and removed at the end.
+
+    Its data folder is outside pytest's temporary root: as root, pgserver runs the server as a
+    ``pgserver`` user, which must be able to reach the folder.
+    """
+    import tempfile
+
+    pgserver = pytest.importorskip("pgserver", reason="pgserver (dev extra) is not installed: no PostgreSQL server to test against")
+    pytest.importorskip("psycopg", reason="psycopg (dev extra) is not installed")
+    data = Path(tempfile.mkdtemp(prefix="setrec-postgres-"))
+    server = pgserver.get_server(data, cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)

@@ -92,3 +92,38 @@ def test_submitting_before_start_and_bad_settings_are_refused():
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ConfigError, match="--max-queue"):
         BatcherConfig(max_queue=0)
+
+
+def test_a_lone_request_does_not_wait_for_company_but_concurrent_ones_are_batched():
+    sizes, threads = [], []
+
+    def echo(items):
+        threads.append((len(items), threading.current_thread().name))
+        time.sleep(0.005)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(echo, BatcherConfig(max_batch_size=8, max_wait_ms=300), on_batch=sizes.append)
+        await batcher.start()
+        await batcher.submit("warm")  # the first batch after start may wait once
+        begin = time.perf_counter()
+        for i in range(3):
+            await batcher.submit(i)
+        lone = (time.perf_counter() - begin) / 3
+        crowd = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        await batcher.stop()
+        fixed = MicroBatcher(lambda items: items, BatcherConfig(max_batch_size=8, max_wait_ms=100, adaptive_wait=False))
+        await fixed.start()
+        await fixed.submit("warm")
+        begin = time.perf_counter()
+        await fixed.submit(1)
+        waited = time.perf_counter() - begin
+        await fixed.stop()
+        return lone, crowd, waited
+
+    lone, crowd, waited = run(main())
+    assert lone < 0.1, f"a lone request waited {lone * 1000:.0f} ms (max_wait_ms 300)"
+    assert crowd == list(range(20)) and max(sizes) > 1
+    assert threads[1][1] == threading.main_thread().name  # a lone query ran inline on the loop: no thread hand-off
+    assert any(size > 1 and name.startswith("setrec-batch") for size, name in threads)  # batches run in the worker thread
+    assert waited >= 0.09  # without the adaptive wait, every batch waits max_wait_ms
