@@ -16,6 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from recsys.cli import main
+from recsys.errors import ArtifactError
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def test_a_registered_model_is_served_under_its_name_and_version(qwen_bundle, tm
         added = client.post("/v1/items", json={"id": "reg-new", "text": "a film"}, headers={"Authorization": "Bearer registry-admin-token-123"})
         assert added.status_code == 201
     app.state.recommender.close()
-    with pytest.raises(Exception, match="models:/setrec@nobody"):
+    with pytest.raises(ArtifactError, match="models:/setrec@nobody"):
         build_app(serve_args(model="models:/setrec@nobody"))
 
 
