@@ -9,8 +9,6 @@ so a spy that never fired cannot pass.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import yaml
@@ -107,7 +105,6 @@ def test_cf_tokenizer_trains_on_train_only_and_zeroes_unseen_rows(holdout, tmp_p
     assert torch.count_nonzero(embeddings[held_out]) == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("recsys.training.job") is None, reason="the set-identifier training job is not in this checkout")
 def test_setrec_trains_on_train_only_and_picks_beta_on_valid(holdout, tmp_path, monkeypatch):
     from recsys.bundle import load_bundle
     from recsys.tokenizers.cf import train_cf_embeddings
