@@ -92,11 +92,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_recsys_serve_answers_over_http(qwen_bundle):
+def test_recsys_serve_answers_over_http(qwen_bundle, tmp_path):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "recsys", "serve", "--bundle", str(qwen_bundle), "--port", str(port), "--threads", "1"],
+        cwd=tmp_path,  # the default catalogue store, setrec-catalogue.db, is created in the working directory
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
@@ -114,6 +115,7 @@ def test_recsys_serve_answers_over_http(qwen_bundle):
         assert answer.status_code == 200 and len(answer.json()["items"]) == 3
         assert httpx.post(f"http://127.0.0.1:{port}/v1/items", json={"id": "x", "text": "y"}, timeout=10).status_code == 403
         assert "setrec_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert (tmp_path / "setrec-catalogue.db").is_file()
     finally:
         process.terminate()
         process.wait(timeout=30)
