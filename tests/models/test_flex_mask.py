@@ -115,8 +115,10 @@ def test_qwen_with_flex_attention_on_gpu_equals_sdpa():
     for impl in ("sdpa", "flex_attention"):
         torch.manual_seed(0)
         encoder = ItemTokenEncoder(torch.randn(num_items, 8), torch.ones(num_items, dtype=torch.bool), torch.randn(num_items, 12), n, d)
-        config = SetRecConfig(backbone="qwen", num_semantic_tokens=n, attn_implementation=impl, dropout=0.0)
-        models[impl] = SetRecModel(config, encoder).eval().cuda()  # building verifies the backend honours the mask
+        # built without the mask probe (it would run FlexAttention on the CPU), then probed on the GPU
+        config = SetRecConfig(backbone="qwen", num_semantic_tokens=n, attn_implementation=impl, dropout=0.0, verify_mask=False)
+        models[impl] = SetRecModel(config, encoder).eval().cuda()
+        models[impl].verify_mask_honoured()
     histories = pad_histories([[1, 2, 3], [4], [5, 6, 7, 8, 9]], max_len=6).cuda()
     with torch.no_grad():
         expected = models["sdpa"].query_states(histories)
