@@ -44,9 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``recsys`` console script; returns the exit status."""
+    """Entry point of the ``recsys`` console script; returns the exit status.
+
+    A subcommand registered with ``set_defaults(config_args=True)`` parses its own arguments
+    through the one config path (:mod:`recsys.config`): it receives them as ``args.argv``.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "config_args", False):
+        args.argv = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         result = args.func(args)
     except SetrecError as error:

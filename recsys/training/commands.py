@@ -1,7 +1,8 @@
 """``recsys train`` and ``recsys register``: the training job's subcommands.
 
 Commands:
-    recsys train --config configs/setrec-t5-ml100k.yaml --set trainer.max_epochs=3 --set seed=1
+    recsys train --config configs/setrec-t5-ml100k.yaml --trainer.max_epochs=3 --set seed=1
+    recsys train --config configs/setrec-t5-ml100k.yaml --config my-overrides.yaml --print_config
     recsys train --config configs/setrec-t5-ml100k.yaml --resume
     recsys register --run RUN_ID --name setrec --alias champion
 """
@@ -11,36 +12,26 @@ from __future__ import annotations
 import argparse
 
 
-class _HelpWithKeys(argparse.Action):
-    """``-h``: the usual help plus every config key (built lazily: it imports the model code)."""
-
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from recsys.training.setrec_config import overrides_help
-
-        parser.epilog = overrides_help()
-        parser.print_help()
-        parser.exit()
+TRAIN_DESCRIPTION = (
+    "Train SetRec from a config: checkpoints, early stopping on valid NDCG@10, beta chosen on valid, a bundle in "
+    "<out_dir>/bundle, everything logged to MLflow. Keys come from --config files (repeatable, later files win) and "
+    "dotted flags (--trainer.max_epochs=3, or --set trainer.max_epochs=3); --print_config prints the result."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train`` and ``register`` to the ``recsys`` parser."""
+    """Add ``train`` and ``register`` to the ``recsys`` parser.
+
+    ``train`` parses its own arguments through :mod:`recsys.config` (jsonargparse), so
+    ``set_defaults(config_args=True)`` hands it everything after ``recsys train``.
+    """
     train = subparsers.add_parser(
         "train",
         help="train the set-identifier recommender from a YAML config (tracked in MLflow)",
-        description="Train SetRec from a config: checkpoints, early stopping on valid NDCG@10, beta chosen on "
-        "valid, a bundle in <out_dir>/bundle, everything logged to MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=TRAIN_DESCRIPTION,
         add_help=False,
     )
-    train.add_argument("-h", "--help", action=_HelpWithKeys, help="show this help and every config key")
-    train.add_argument("--config", required=True, help="YAML config, e.g. configs/setrec-t5-ml100k.yaml")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (dotted, VALUE read as YAML); repeatable, e.g. --set trainer.max_epochs=3")
-    train.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=run_train, config_args=True)
 
     reg = subparsers.add_parser("register", help="register a training run's bundle in the MLflow model registry")
     reg.add_argument("--run", required=True, help="MLflow run id printed by `recsys train`")
@@ -49,14 +40,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.set_defaults(func=run_register)
 
 
+def train_options(parser) -> None:
+    """The options of ``recsys train`` that are not config keys."""
+    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
+
+
+def parse_train_args(argv: list[str]):
+    """``recsys train`` arguments -> (validated TrainJobConfig, resume flag).
+
+    Example:
+        >>> cfg, resume = parse_train_args(["--config", "configs/setrec-t5-demo.yaml", "--trainer.max_epochs=1"])
+    """
+    from recsys.config import parse_command
+    from recsys.training.setrec_config import TrainJobConfig
+
+    cfg, namespace = parse_command(TrainJobConfig, argv, "recsys train", TRAIN_DESCRIPTION, extra=train_options)
+    return cfg, bool(namespace.resume)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``recsys train``."""
-    from recsys.training.job import load_train_config, train
-    from recsys.training.setrec_config import parse_override
+    from recsys.training.job import train
 
-    overrides = dict(parse_override(text) for text in args.overrides)
-    cfg = load_train_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
+    cfg, resume = parse_train_args(args.argv)
+    result = train(cfg, resume=resume)
     if result.rank != 0:
         return 0
     print(f"bundle: {result.bundle_dir}")

@@ -1,8 +1,9 @@
-"""Typed configuration of the set-identifier training job, read from YAML with dotted overrides.
+"""Typed configuration of the set-identifier training job, read through the one config path.
 
-A config file has the sections of :class:`TrainJobConfig`; every field below has a one-line
-docstring (``recsys train --help`` lists them). Unknown keys and wrongly typed values are
-refused with the dotted name of the field.
+A config file has the sections of :class:`TrainJobConfig`; every field below has a docstring
+(``recsys train --help`` lists them, ``--print_config`` prints the result). Files, dotted
+overrides and errors go through :mod:`recsys.config` (jsonargparse): unknown keys and wrongly
+typed values are refused naming the file and the dotted key.
 
 Example:
     >>> cfg = load_train_config("configs/setrec-t5-demo.yaml",
@@ -14,22 +15,21 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import textwrap
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from recsys.errors import ConfigError
-from recsys.models.setrec import LoraSettings, SetRecConfig
+from recsys.models.setrec import SetRecConfig
 
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
-NEGATIVES = ("train", "catalogue")
+Strategy = Literal["auto", "ddp", "ddp_spawn", "fsdp"]
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+Negatives = Literal["train", "catalogue"]
+STRATEGIES = typing.get_args(Strategy)
+PRECISIONS = typing.get_args(Precision)
+NEGATIVES = typing.get_args(Negatives)
 
 
 @dataclass
@@ -64,20 +64,21 @@ class TrainerConfig:
     """``cpu``, ``gpu`` or ``auto``."""
     devices: Any = 1
     """Devices per node (an int, a list of ids, or ``auto``)."""
-    strategy: str = "auto"
+    strategy: Strategy = "auto"
     """``auto``, ``ddp``, ``ddp_spawn`` or ``fsdp``; launch many nodes with torchrun or SLURM."""
     num_nodes: int = 1
     """Machines taking part."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """``auto`` (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision string."""
     patience: int = 3
     """Validations without a better ``valid/ndcg@10`` before stopping early."""
     check_val_every_n_epoch: int = 1
     """Validate every n epochs."""
-    limit_train_batches: float = 1.0
-    """Fraction (<= 1.0) or number (> 1) of training batches per epoch."""
-    limit_val_batches: float = 1.0
-    """Fraction or number of validation batches per validation."""
+    limit_train_batches: int | float = 1.0
+    """A fraction (a float such as ``1.0`` or ``0.5``) or a number of batches (an int such as ``1``) per epoch;
+    an int reaches Lightning as an int (``1`` is one batch, ``1.0`` is all of them)."""
+    limit_val_batches: int | float = 1.0
+    """A fraction (float) or a number (int) of validation batches per validation."""
     num_workers: int = 0
     """DataLoader worker processes."""
     log_every_n_steps: int = 50
@@ -128,7 +129,7 @@ class TrainJobConfig:
     """Users per validation/test batch."""
     exclude_history: bool = True
     """Rank only items outside the user's history in validation and test (gold items always stay rankable)."""
-    negatives: str = "train"
+    negatives: Negatives = "train"
     """Items in the training softmax: ``train`` (items with a train interaction; a cold item is never a
     negative, as it did not exist yet when the history happened) or ``catalogue`` (every item)."""
     autoencoder_pretrain_epochs: int = 0
@@ -156,12 +157,6 @@ class TrainJobConfig:
             raise ConfigError(f"beta_grid must be a non-empty list of values in [0, 1], got {self.beta_grid}")
         if self.autoencoder_pretrain_epochs < 0:
             raise ConfigError(f"autoencoder_pretrain_epochs must be >= 0, got {self.autoencoder_pretrain_epochs}")
-        if self.negatives not in NEGATIVES:
-            raise ConfigError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
-        if self.trainer.strategy not in STRATEGIES:
-            raise ConfigError(f"trainer.strategy must be one of {STRATEGIES}, got {self.trainer.strategy!r}")
-        if self.trainer.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {self.trainer.precision!r}")
         if self.trainer.max_epochs < 1 and self.trainer.max_steps < 1:
             raise ConfigError("set trainer.max_epochs >= 1 or trainer.max_steps >= 1")
         if self.trainer.num_nodes < 1:
@@ -181,72 +176,6 @@ class TrainJobConfig:
 # --------------------------------------------------------------------------- reading
 
 
-def _check_type(value: Any, annotation: Any, name: str) -> Any:
-    """Check (and mildly coerce: int -> float) ``value`` against a field annotation."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(value, option, name)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{name}: expected {annotation}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(annotation) or (Any,)
-        return [_check_type(v, inner, f"{name}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(annotation):
-        return _from_dict(annotation, value, name)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is bool and not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if isinstance(annotation, type) and not isinstance(value, annotation):
-        raise ConfigError(f"{name}: expected {annotation.__name__}, got {value!r}")
-    return value
-
-
-def _from_dict(cls: type, values: Any, prefix: str = "") -> Any:
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config field(s) {[where + u for u in unknown]}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}" if prefix else key
-        kwargs[key] = _check_type(value, hints[key], name)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``"trainer.max_epochs=3"`` -> ``("trainer.max_epochs", 3)`` (the value is read as YAML).
 
@@ -256,101 +185,46 @@ def parse_override(text: str) -> tuple[str, Any]:
     """
     import yaml
 
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, raw = text.split("=", 1)
+    from recsys.config import split_override
+
+    key, raw = split_override(text)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from error
-    return key.strip(), value
+    return key, value
 
 
 def config_from_dict(values: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> TrainJobConfig:
-    """Build and validate a :class:`TrainJobConfig` from nested values plus dotted overrides."""
-    import copy
-
-    tree = copy.deepcopy(dict(values))
-    for key, value in (overrides or {}).items():
-        _set_dotted(tree, key, value)
-    model = tree.get("model") or {}
-    if isinstance(model, Mapping) and model.get("lora") is not None and not isinstance(model["lora"], Mapping):
-        raise ConfigError(f"model.lora: expected a mapping or null, got {model['lora']!r}")
-    config = _from_dict(TrainJobConfig, tree)
-    config.validate()
-    return config
-
-
-def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainJobConfig:
-    """Read a training config YAML and apply dotted ``overrides``.
+    """Build and validate a :class:`TrainJobConfig` from nested values plus dotted overrides.
 
     Args:
-        path: YAML file with the sections of :class:`TrainJobConfig`.
+        values: the sections of :class:`TrainJobConfig` (a parsed YAML).
+        overrides: dotted keys, e.g. ``{"trainer.max_epochs": 2}``.
+
+    Example:
+        >>> config_from_dict({"seed": 2}, {"trainer.max_epochs": 1}).trainer.max_epochs
+        1
+    """
+    from recsys.config import config_from_values
+
+    return config_from_values(TrainJobConfig, values, overrides, where="config")
+
+
+def load_train_config(path: str | Path | Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> TrainJobConfig:
+    """Read training config YAML file(s) (later files win) and apply dotted ``overrides``.
+
+    Args:
+        path: YAML file with the sections of :class:`TrainJobConfig`, or several to compose.
         overrides: ``{"trainer.max_epochs": 2, "model.attention": "full"}``.
 
     Raises:
-        ConfigError: the file is missing or malformed, a key is unknown, a value has the wrong type.
+        ConfigError: the file is missing or malformed, a key is unknown, a value has the wrong type
+            (the message names the file and the dotted key).
 
     Example:
         >>> cfg = load_train_config("configs/setrec-qwen-demo.yaml", {"seed": 3})
     """
-    import yaml
+    from recsys.config import load_config
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; see configs/setrec-*.yaml")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    try:
-        return config_from_dict(values, overrides)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from error
-
-
-# --------------------------------------------------------------------------- help text
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings (string right after each field) of a dataclass."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-                docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def dotted_fields(cls: type = TrainJobConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """Every settable dotted key with its default and docstring, e.g. ``("optim.lr", "0.001", "...")``."""
-    docs = field_docs(cls)
-    default = cls()
-    rows: list[tuple[str, str, str]] = []
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
-        value = getattr(default, f.name)
-        hint = typing.get_type_hints(cls)[f.name]
-        nested = hint if dataclasses.is_dataclass(hint) else None
-        if nested is None and f.name == "lora":
-            nested = LoraSettings
-        if nested is not None and f.name != "lora":
-            rows.extend(dotted_fields(nested, prefix=f"{name}."))
-        else:
-            rows.append((name, repr(value), docs.get(f.name, "")))
-            if nested is LoraSettings:
-                rows.extend((f"{name}.{k}", d, doc) for k, d, doc in dotted_fields(LoraSettings, prefix=""))
-    return rows
-
-
-def overrides_help() -> str:
-    """A text table of the dotted keys for ``recsys train --help``."""
-    lines = ["config keys (set with --set KEY=VALUE, VALUE read as YAML):"]
-    for name, default, doc in dotted_fields():
-        lines.append(f"  {name} (default {default}): {doc}")
-    return "\n".join(lines)
+    return load_config(TrainJobConfig, path, overrides)

@@ -10,7 +10,6 @@ from recsys.errors import ConfigError
 from recsys.training.setrec_config import (
     TrainJobConfig,
     config_from_dict,
-    dotted_fields,
     load_train_config,
     parse_override,
 )
@@ -51,7 +50,7 @@ def test_dotted_overrides_reach_nested_fields_and_are_typed():
         ({"negatives": "everything"}, "negatives"),
         ({"autoencoder_pretrain_epochs": -1}, "autoencoder_pretrain_epochs"),
         ({"beta_grid": [0.5, 1.5]}, "beta_grid"),
-        ({"exclude_history": "yes"}, "exclude_history"),
+        ({"exclude_history": "maybe"}, "exclude_history"),
         ({"optim.betas": "0.9"}, "optim.betas"),
         ({"model.lora": {"rank": 4}, "model.backbone": "t5"}, "model.lora"),
     ],
@@ -74,15 +73,72 @@ def test_missing_and_malformed_files_are_named(tmp_path):
 
 def test_every_field_is_documented_and_listed_in_train_help(capsys):
     from recsys.cli import main
+    from recsys.config import config_parser
 
-    rows = dotted_fields()
-    undocumented = [name for name, _, doc in rows if not doc]
+    parser = config_parser(TrainJobConfig, "recsys train")
+    undocumented = [a.dest for a in parser._actions if a.dest not in ("help", "config") and not (a.help or "").strip()]
     assert not undocumented
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for name in ("trainer.max_epochs", "model.attention", "optim.alpha", "trainer.strategy", "beta_grid", "model.lora.rank"):
+    for name in ("trainer.max_epochs", "model.attention", "optim.alpha", "trainer.strategy", "beta_grid", "model.lora",
+                 "--print_config", "--resume", "Most training epochs"):
         assert name in text
+
+
+def test_limit_batches_keep_int_and_float_apart():
+    """An int is a number of batches and must reach Lightning as an int (1.0 would mean all batches)."""
+    from recsys.training.commands import parse_train_args
+
+    cfg, _ = parse_train_args(["--config", str(CONFIGS[0]), "--set", "trainer.limit_train_batches=1"])
+    assert cfg.trainer.limit_train_batches == 1 and type(cfg.trainer.limit_train_batches) is int
+    cfg, _ = parse_train_args(["--config", str(CONFIGS[0]), "--trainer.limit_train_batches=0.5"])
+    assert type(cfg.trainer.limit_train_batches) is float
+    assert type(load_train_config(CONFIGS[0], {"trainer.limit_val_batches": 2}).trainer.limit_val_batches) is int
+
+
+def test_train_flags_compose_files_dotted_keys_and_the_set_alias(tmp_path):
+    from recsys.training.commands import parse_train_args
+
+    extra = tmp_path / "more.yaml"
+    extra.write_text("trainer:\n  max_epochs: 7\nseed: 5\n")
+    cfg, resume = parse_train_args(["--config", str(CONFIGS[0]), "--config", str(extra), "--set", "seed=6", "--resume"])
+    assert (cfg.trainer.max_epochs, cfg.seed, resume) == (7, 6, True)
+    dotted, _ = parse_train_args(["--config", str(CONFIGS[0]), "--model.attention=full", "--trainer.max_epochs", "2"])
+    aliased, _ = parse_train_args(["--config", str(CONFIGS[0]), "--set", "model.attention=full", "--set=trainer.max_epochs=2"])
+    assert dotted == aliased and dotted.model.attention == "full" and dotted.trainer.max_epochs == 2
+    assert load_train_config([CONFIGS[0], extra]).trainer.max_epochs == 7
+
+
+def test_train_errors_name_the_file_and_the_key(tmp_path):
+    from recsys.training.commands import parse_train_args
+
+    bad = tmp_path / "bad-key.yaml"
+    bad.write_text("trainer:\n  max_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad-key\.yaml: trainer\.max_epoch: unknown key"):
+        parse_train_args(["--config", str(CONFIGS[0]), "--config", str(bad)])
+    wrong = tmp_path / "wrong-type.yaml"
+    wrong.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"wrong-type\.yaml: optim\.lr"):
+        parse_train_args(["--config", str(wrong)])
+    with pytest.raises(ConfigError, match=r"command line.*trainer\.max_epochs"):
+        parse_train_args(["--config", str(CONFIGS[0]), "--trainer.max_epochs=three"])
+    with pytest.raises(ConfigError, match="allow_abbrev|unknown key"):
+        parse_train_args(["--config", str(CONFIGS[0]), "--trainer.max_epo=3"])
+
+
+def test_print_config_prints_the_composed_config(capsys):
+    import yaml
+
+    from recsys.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(CONFIGS[0]), "--set", "seed=9", "--print_config"])
+    assert stop.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seed"] == 9 and printed["trainer"]["max_epochs"] == load_train_config(CONFIGS[0]).trainer.max_epochs
+    assert load_train_config(CONFIGS[0], {"seed": 9}) == config_from_dict({k: v for k, v in printed.items()
+                                                                            if k not in ("config", "resume")})
 
 
 def test_missing_artifacts_and_resume_without_checkpoint_are_named(tmp_path):
