@@ -49,9 +49,12 @@ from recsys.models.masks import (
     MaskSpec,
     TokenLayout,
     build_layout,
+    build_packed_layout,
+    cross_mask,
     dense_mask,
     flex_block_mask,
     for_backend,
+    packed_query_slots,
     query_self_mask,
     reference_mask,
 )
@@ -103,12 +106,22 @@ class SetRecConfig:
     """Local directory of a pretrained checkpoint (``from_pretrained``, never a hub download); overrides ``preset``."""
     num_semantic_tokens: int = 4
     """N, semantic tokens per item (the item has N + 1 tokens)."""
+    semantic_tokens: str = "projection"
+    """How an item's text becomes its semantic tokens (``recsys.tokenizers.identifiers``): ``projection``
+    (a fixed orthonormal map of the text embedding times a learnt gain: keeps the text geometry, so cold
+    items are reachable), ``residual`` (projection plus a zero-initialised autoencoder correction) or
+    ``autoencoder`` (the jointly trained autoencoder alone; kept 1.2% of text neighbours)."""
     num_prompt_tokens: int = 2
     """P, learnable prompt tokens before the history."""
     num_response_tokens: int = 1
     """R, learnable response tokens after the history."""
     attention: str = "sparse"
     """``sparse`` (siblings hidden, shared positions) or ``full`` (ablation)."""
+    encoder_attention: str = "causal"
+    """T5 only: ``causal`` (an item's tokens see earlier items only, as in the decoder-only backbone, so
+    one encoder pass serves every prefix of a window: all-prefix training, ARCHITECTURE.md 3.3; inference
+    uses the same causal encoder, so training and serving see the same states) or ``bidirectional``
+    (every item sees every other item, the SETRec paper's encoder; trains one prefix per sample only)."""
     generation: str = "simultaneous"
     """``simultaneous`` (queries independent) or ``autoregressive`` (ablation; see the module docstring)."""
     token_set: str = "all"
@@ -118,7 +131,11 @@ class SetRecConfig:
     mask_impl: str = "fast"
     """Mask builder: ``fast`` (vectorised) or ``reference`` (pair-by-pair loops; for benchmarks)."""
     dropout: float = 0.1
-    """Backbone dropout (T5 ``dropout_rate``, Qwen ``attention_dropout``)."""
+    """Backbone dropout (T5 ``dropout_rate``: residual and feed-forward outputs; Qwen ``attention_dropout``)."""
+    t5_attention_dropout: float = 0.0
+    """T5 only: dropout on the attention probabilities. Off by default: on a CPU, drawing a mask for every
+    (batch, head, query, key) score took about a third of a training step (torch.profiler, T5 ``small``,
+    all-prefix batch of 64 windows), while residual and feed-forward dropout (``dropout``) stay on."""
     lora: LoraSettings | None = None
     """LoRA adapters (Qwen only); None trains the whole backbone."""
     verify_mask: bool = True
@@ -129,6 +146,8 @@ class SetRecConfig:
         checks = (
             ("backbone", self.backbone, BACKBONES),
             ("attention", self.attention, ("sparse", "full")),
+            ("encoder_attention", self.encoder_attention, ("causal", "bidirectional")),
+            ("semantic_tokens", self.semantic_tokens, ("projection", "residual", "autoencoder")),
             ("generation", self.generation, ("simultaneous", "autoregressive")),
             ("token_set", self.token_set, TOKEN_SETS),
             ("mask_impl", self.mask_impl, MASK_IMPLS),
@@ -217,6 +236,12 @@ def build_backbone(config: SetRecConfig, backbone_config: dict[str, Any] | None 
     else:
         preset = PRESETS["t5"][config.preset]
         model = T5Model._from_config(T5Config(**preset, dropout_rate=config.dropout), attn_implementation=impl)
+    if config.backbone == "t5":
+        from transformers.models.t5.modeling_t5 import T5Attention
+
+        for module in model.modules():
+            if isinstance(module, T5Attention):
+                module.dropout = config.t5_attention_dropout
     expected_cls = Qwen2Model if config.backbone == "qwen" else T5Model
     if not isinstance(model, expected_cls):
         raise ConfigError(f"model.pretrained_dir must hold a {expected_cls.__name__}-compatible model, got {type(model).__name__}")
@@ -272,6 +297,11 @@ class SetRecModel(nn.Module):
                 f"item encoder gives {item_encoder.num_semantic_tokens} semantic tokens of size {item_encoder.token_dim}; "
                 f"the model needs {config.num_semantic_tokens} of size {self.hidden_size} (the backbone hidden size)"
             )
+        if item_encoder.semantic != config.semantic_tokens:
+            raise ConfigError(
+                f"item encoder makes {item_encoder.semantic!r} semantic tokens, model.semantic_tokens is "
+                f"{config.semantic_tokens!r}; build the encoder with semantic={config.semantic_tokens!r}"
+            )
         self.item_encoder = item_encoder
         if config.token_set == "cf":
             item_encoder.autoencoder.requires_grad_(False)  # unused: keeps DDP from waiting for its gradients
@@ -284,7 +314,8 @@ class SetRecModel(nn.Module):
         if config.lora is not None:
             self._add_lora(config.lora)
         role = "decoder_only" if config.backbone == "qwen" else "encoder"
-        self.spec = MaskSpec(role, config.attention, config.generation)
+        item_causal = config.backbone == "t5" and config.encoder_attention == "causal"
+        self.spec = MaskSpec(role, config.attention, config.generation, item_causal)
         if config.verify_mask:
             self.verify_mask_honoured()
 
@@ -405,17 +436,29 @@ class SetRecModel(nn.Module):
         bias = self._t5_bias(encoder, layout.position_ids, layout.position_ids, bidirectional=True)
         return self._run_stack(encoder, x, mask, bias, want_hidden=want_hidden)
 
-    def _query_decoder(self, queries: torch.Tensor, encoder_states: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-        """T5 decoder over the queries: identity (or causal) self-mask, cross-attention to real tokens."""
-        batch, num_queries, _ = queries.shape
+    def _query_decoder(self, queries: torch.Tensor, encoder_states: torch.Tensor, layout: TokenLayout,
+                       groups: torch.Tensor) -> torch.Tensor:
+        """T5 decoder over M query tokens: one per (prefix, dimension k), each cross-attending to its prefix.
+
+        Args:
+            queries: (B, M, d) query inputs, M = prefixes * K, prefix-major.
+            encoder_states: (B, S, d) encoder outputs of ``layout``.
+            layout: the encoder layout.
+            groups: (B, M) the group (last visible item) of each query's prefix.
+        """
+        batch, num_slots, _ = queries.shape
+        k = self.tokens_per_item if self.config.generation == "autoregressive" else 1
+        prefixes = num_slots // k if self.config.generation == "autoregressive" else num_slots
         decoder = self._core().decoder
         impl = self.config.attn_implementation
-        self_mask = for_backend(query_self_mask(num_queries, self.config.generation, queries.device), impl, queries.dtype)
-        positions = torch.zeros(1, num_queries, dtype=torch.long, device=queries.device)
+        # identity (simultaneous) or lower-triangular (autoregressive) inside each prefix's K queries
+        self_mask = torch.block_diag(*[query_self_mask(k, self.config.generation, queries.device)] * prefixes)
+        self_mask = for_backend(self_mask, impl, queries.dtype)
+        positions = torch.zeros(1, num_slots, dtype=torch.long, device=queries.device)
         if self.config.generation == "autoregressive":
-            positions = torch.arange(num_queries, device=queries.device).unsqueeze(0)
+            positions = torch.arange(k, device=queries.device).repeat(prefixes).unsqueeze(0)
         bias = self._t5_bias(decoder, positions, positions, bidirectional=False)
-        cross = for_backend(layout.real[:, None, :].expand(batch, num_queries, -1), impl, queries.dtype)
+        cross = for_backend(cross_mask(layout, groups), impl, queries.dtype)
         out, _ = self._run_stack(decoder, queries, self_mask, bias, encoder_states=encoder_states, cross_mask=cross)
         return out
 
@@ -455,8 +498,54 @@ class SetRecModel(nn.Module):
         if self.spec.role == "decoder_only":
             query_states = states[:, -num_queries:]
         else:
-            query_states = self._query_decoder(query_inputs.to(tokens.dtype), states, layout)
+            groups = (valid.sum(dim=1, keepdim=True) - 1).expand(batch, num_queries)
+            query_states = self._query_decoder(query_inputs.to(tokens.dtype), states, layout, groups)
         return SetRecOutput(query_states, hidden, layout)
+
+    def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor, query_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """All-prefix pass: the query states of every prefix of every history in one backbone pass.
+
+        Position p of a row closes the prefix ``history[..p]``: its response and query tokens see
+        the prompt and the items up to p only, with the positions of that prefix run alone
+        (:func:`recsys.models.masks.build_packed_layout`), so the states equal
+        ``forward_tokens`` on each prefix (tested to fp32 precision). This is how SASRec gets a
+        loss at every position from one pass (Kang & McAuley, ICDM 2018, section III-E).
+
+        Args:
+            tokens: (B, L, K, d) history item tokens, left-padded.
+            valid: (B, L) bool, True for real items.
+            query_inputs: (B, L, K, d) query inputs per position; the learnable queries when None.
+
+        Returns:
+            (B, L, K, d) query states; rows of padding positions are meaningless.
+        """
+        if not self.spec.causal:
+            raise ConfigError("all-prefix training needs model.encoder_attention: causal (the bidirectional "
+                              "T5 encoder lets every item see later items); or use train_mode: one_prefix")
+        batch, length, k, d = tokens.shape
+        if query_inputs is None:
+            query_inputs = self.queries.expand(batch, length, -1, -1)
+        P, R = self.config.num_prompt_tokens, self.config.num_response_tokens
+        layout = build_packed_layout(valid, k, P, R, k, self.spec)
+        parts = [
+            tokens.new_zeros(batch, 1, d),
+            self.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
+            tokens.reshape(batch, length * k, d),
+            self.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
+        ]
+        if self.spec.role == "decoder_only":
+            parts.append(query_inputs.reshape(batch, length * k, d).to(tokens.dtype))
+        source = torch.cat(parts, dim=1)
+        x = source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d))
+        states, _ = self._sequence_pass(x, layout, want_hidden=False)
+        if self.spec.role == "decoder_only":
+            slots = packed_query_slots(length, layout.shape[1], R, k, tokens.device)  # (L, K)
+            return states[:, slots.reshape(-1)].reshape(batch, length, k, d)
+        first_real = length - valid.sum(dim=1, keepdim=True)  # (B, 1)
+        groups = torch.arange(length, device=tokens.device).unsqueeze(0) - first_real  # (B, L): group of position p
+        groups = groups.repeat_interleave(k, dim=1)
+        out = self._query_decoder(query_inputs.reshape(batch, length * k, d).to(tokens.dtype), states, layout, groups)
+        return out.reshape(batch, length, k, d)
 
     # ------------------------------------------------------------------ queries and scores
 
@@ -478,6 +567,8 @@ class SetRecModel(nn.Module):
             table: the (num_items, K, d) item table when already computed.
         """
         tokens, valid = self.history_tokens(history_items)
+        if target_items is not None and target_items.ndim == 2:
+            return self._packed_query_states(tokens, valid, target_items, table)
         if self.config.generation == "simultaneous":
             return self.forward_tokens(tokens, valid).query_states
         table = self.item_table() if table is None else table
@@ -494,6 +585,16 @@ class SetRecModel(nn.Module):
                 previous = previous.clone()
                 previous[:, k + 1] = table[best, k]
         return states
+
+    def _packed_query_states(self, tokens, valid, target_items, table) -> torch.Tensor:
+        """(B, L, K, d) query states of every prefix; autoregressive inputs teacher-forced per position."""
+        if self.config.generation == "simultaneous":
+            return self.forward_packed(tokens, valid)
+        table = self.item_table() if table is None else table
+        batch, length = target_items.shape
+        previous = tokens.new_zeros(batch, length, self.tokens_per_item, self.hidden_size)
+        previous[:, :, 1:] = table[target_items.clamp(min=0), :-1]
+        return self.forward_packed(tokens, valid, self.queries + previous)
 
     def dimension_weights(self, beta: float) -> torch.Tensor:
         """(K,) weights of the K score dimensions: (1 - beta, beta, ..., beta) for ``all``, ones otherwise."""
@@ -541,11 +642,18 @@ class SetRecModel(nn.Module):
         alpha: float,
         candidates: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Mean over k of full-catalogue cross-entropy of s_k, plus alpha times the AE MSE.
+        """Mean over targets and k of full-catalogue cross-entropy of s_k, plus alpha times the AE MSE.
+
+        Two shapes of batch, one interface:
+
+        - one prefix per sample (the reference): ``target_items`` (B,), the item after each history;
+        - all-prefix (the default of training): ``target_items`` (B, L), the item after each
+          position of the window, -1 where there is none; one backbone pass scores all of them
+          (:meth:`forward_packed`), and each target's loss equals its one-prefix loss.
 
         Args:
-            history_items: (B, L) left-padded histories.
-            target_items: (B,) next items.
+            history_items: (B, L) left-padded histories (-1 = padding).
+            target_items: (B,) or (B, L) next items.
             alpha: weight of the autoencoder reconstruction MSE.
             candidates: (num_items,) bool, the items that compete in the softmax (None: all).
                 Training passes the items with a train interaction: an item that is never a
@@ -553,23 +661,43 @@ class SetRecModel(nn.Module):
                 to bury exactly the new items that semantic tokens exist to reach.
 
         Returns:
-            ``loss`` (to minimise), ``ce`` and ``ae`` (detached parts).
+            ``loss`` (to minimise), ``ce`` and ``ae`` (detached parts), ``targets`` (count).
+        """
+        per_target, targets = self.target_losses(history_items, target_items, candidates)
+        ce = per_target.mean()
+        if self.config.token_set == "cf" or alpha == 0 or not self.item_encoder.has_autoencoder:
+            ae = ce.new_zeros(())
+        else:
+            seen = torch.cat([targets, history_items[history_items >= 0]]).unique()
+            ae = self.item_encoder.reconstruction_loss(seen)
+        return {"loss": ce + alpha * ae, "ce": ce.detach(), "ae": ae.detach(), "targets": torch.tensor(len(targets))}
+
+    def target_losses(
+        self,
+        history_items: torch.Tensor,
+        target_items: torch.Tensor,
+        candidates: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-target cross-entropy, mean over the K dimensions: ((T,) losses, (T,) target items).
+
+        ``target_items`` (B,) gives T = B one-prefix targets; (B, L) gives every position with a
+        target (T = number of entries >= 0), in row-major order.
         """
         table = self.item_table()
         states = self.query_states(history_items, target_items=target_items, table=table)
-        logits = torch.einsum("bkd,ikd->bki", states.float(), table.float())
-        batch, k, num_items = logits.shape
+        if target_items.ndim == 2:
+            keep = target_items >= 0
+            states, targets = states[keep], target_items[keep]
+        else:
+            targets = target_items
+        logits = torch.einsum("tkd,ikd->tki", states.float(), table.float())
+        count, k, num_items = logits.shape
         if candidates is not None:
-            if bool((~candidates[target_items]).any()):
+            if bool((~candidates[targets]).any()):
                 raise ValueError("a target item is not among the softmax candidates")
             logits = logits.masked_fill(~candidates.to(logits.device)[None, None, :], -math.inf)
-        ce = F.cross_entropy(logits.reshape(batch * k, num_items), target_items.repeat_interleave(k))
-        if self.config.token_set == "cf" or alpha == 0:
-            ae = ce.new_zeros(())
-        else:
-            seen = torch.cat([target_items, history_items[history_items >= 0]]).unique()
-            ae = self.item_encoder.reconstruction_loss(seen)
-        return {"loss": ce + alpha * ae, "ce": ce.detach(), "ae": ae.detach()}
+        ce = F.cross_entropy(logits.reshape(count * k, num_items), targets.repeat_interleave(k), reduction="none")
+        return ce.view(count, k).mean(dim=1), targets
 
     # ------------------------------------------------------------------ safety
 

@@ -1,9 +1,25 @@
 """Set identifiers: the (num_items, N+1, d) token table of ARCHITECTURE.md section 3.1.
 
 Token 0 of item i is its CF token ``c_i = W_cf e_i + b`` (e_i a frozen CF embedding);
-tokens 1..N are its semantic tokens ``reshape(AE_enc(z_i))`` (z_i a frozen text
-embedding). :class:`ItemTokenEncoder` holds both frozen embeddings and the trainable
-projection and autoencoder; the recommender owns one and trains it jointly.
+tokens 1..N are its semantic tokens, made from z_i (a frozen text embedding) in one of three
+ways (``semantic``, see :data:`SEMANTIC_MODES`):
+
+- ``projection`` (the default of the training job): ``g * reshape(T z_i)`` with T a fixed
+  (N*d, dz) map with orthonormal columns (the top principal directions of the train items'
+  texts, spread over the N tokens by a seeded random rotation) and g one learnt gain. Inner
+  products between items' semantic tokens are g^2 times those of their texts whenever
+  N*d >= dz (exactly; the best rank-N*d approximation otherwise), so the text geometry is
+  kept by construction, for every item including ones added later, while the tokens still
+  enter the backbone and are scored in training.
+- ``residual``: the projection plus ``reshape(AE_enc(z_i))``, the autoencoder's last layer
+  zero-initialised, so training starts from the projection and learns a correction.
+- ``autoencoder``: ``reshape(AE_enc(z_i))`` alone, trained jointly (ARCHITECTURE.md 3.1 as
+  first built). Measured on amazon-industrial it kept 1.2% of each item's text 10-NN by
+  inner product (benchmarks/RESULTS.md): the cross-entropy turns the tokens into warm-item
+  identity codes, which is why it is no longer the default.
+
+:class:`ItemTokenEncoder` holds both frozen embeddings and the trainable parts; the
+recommender owns one and trains it jointly.
 
 Unseen-item rule: an item without a train interaction has no CF signal. Its CF
 embedding is the zero vector (flagged ``has_cf = False``), so its CF token is the
@@ -54,6 +70,9 @@ from recsys.tokenizers.artifact_io import (
 from recsys.tokenizers.semantic import AutoencoderPretrainConfig, SemanticAutoencoder
 
 
+SEMANTIC_MODES = ("projection", "residual", "autoencoder")
+
+
 class ItemTokenEncoder(nn.Module):
     """Turns item indices into their N+1 tokens.
 
@@ -63,6 +82,9 @@ class ItemTokenEncoder(nn.Module):
         text_embeddings: (num_items, dz) frozen text embeddings.
         num_semantic_tokens: N.
         token_dim: d, the backbone hidden size.
+        semantic: how semantic tokens are made: ``projection``, ``residual`` or ``autoencoder``
+            (module docstring). The text map starts from all rows of ``text_embeddings``;
+            :meth:`fit_text_projection` refits it (the training job: train items only).
     """
 
     def __init__(
@@ -72,6 +94,7 @@ class ItemTokenEncoder(nn.Module):
         text_embeddings: torch.Tensor,
         num_semantic_tokens: int,
         token_dim: int,
+        semantic: str = "projection",
     ) -> None:
         super().__init__()
         if cf_embeddings.ndim != 2 or text_embeddings.ndim != 2:
@@ -90,8 +113,77 @@ class ItemTokenEncoder(nn.Module):
         self.register_buffer("text_embeddings", text_embeddings.float().clone())
         self.num_semantic_tokens = num_semantic_tokens
         self.token_dim = token_dim
+        if semantic not in SEMANTIC_MODES:
+            raise ConfigError(f"semantic tokens must be one of {SEMANTIC_MODES}, got {semantic!r}")
+        self.semantic = semantic
         self.cf_projection = nn.Linear(cf.shape[1], token_dim)
+        # The autoencoder always exists (the table artifact and its health report read it); in
+        # ``projection`` mode it takes no part in the tokens and is frozen.
         self.autoencoder = SemanticAutoencoder(text_embeddings.shape[1], num_semantic_tokens, token_dim)
+        if semantic != "autoencoder":
+            dz, m = text_embeddings.shape[1], num_semantic_tokens * token_dim
+            self.register_buffer("text_projection", torch.zeros(m, dz))
+            self.log_text_gain = nn.Parameter(torch.zeros(()))
+            self.fit_text_projection(self.text_embeddings)
+        if semantic == "projection":
+            self.autoencoder.requires_grad_(False)
+        if semantic == "residual":
+            last = self.autoencoder.encoder[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    @property
+    def has_autoencoder(self) -> bool:
+        """True when the autoencoder makes (part of) the semantic tokens, so its MSE is trained."""
+        return self.semantic != "projection"
+
+    @torch.no_grad()
+    def fit_text_projection(self, texts: torch.Tensor, seed: int = 0) -> None:
+        """Fit the fixed text map T and the initial gain from ``texts`` (rows of text embeddings).
+
+        T = R V_r^T: V_r the top r = min(N*d, dz) right singular vectors of ``texts``
+        (uncentred, so inner products, not covariances, are kept), R a seeded random (N*d, r)
+        matrix with orthonormal columns that spreads every direction over all N tokens. The gain
+        starts where the semantic tokens have the root-mean-square size of the CF tokens, so
+        neither kind dominates the backbone input at the start.
+
+        Args:
+            texts: (M, dz) text embeddings; the training job passes the train items' rows only.
+            seed: seeds R.
+        """
+        if self.semantic == "autoencoder":
+            raise ConfigError("fit_text_projection: this encoder makes semantic tokens with the autoencoder only")
+        m, dz = self.text_projection.shape
+        rank = min(m, dz)
+        sample = texts.float()[:65536]
+        if sample.is_meta or self.text_projection.is_meta:  # a shell whose weights a bundle load fills in
+            return
+        if sample.shape[0] == 0 or not bool(sample.abs().sum() > 0):  # zeros: the same, on the CPU
+            return
+        _, _, vh = torch.linalg.svd(sample, full_matrices=False)
+        directions = torch.zeros(rank, dz)
+        directions[: vh.shape[0]] = vh[:rank]
+        generator = torch.Generator().manual_seed(seed)
+        rotation, _ = torch.linalg.qr(torch.randn(m, rank, generator=generator))
+        self.text_projection.copy_(rotation @ directions)
+        cf_rows = self.cf_embeddings[self.has_cf][:4096]
+        cf_rms = float(self.cf_projection(cf_rows).pow(2).mean().sqrt()) if cf_rows.shape[0] else 1.0
+        text_rms = float((sample[:4096] @ self.text_projection.T).pow(2).mean().sqrt()) or 1.0
+        self.log_text_gain.fill_(math.log(max(cf_rms, 1e-3) / text_rms))
+
+    def semantic_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, dz) text embeddings -> (B, N, d) semantic tokens (as ``semantic`` says)."""
+        if self.semantic == "autoencoder":
+            return self.autoencoder.encode(text)
+        projected = text @ self.text_projection.T
+        tokens = (self.log_text_gain.exp() * projected).view(*text.shape[:-1], self.num_semantic_tokens, self.token_dim)
+        if self.semantic == "residual":
+            tokens = tokens + self.autoencoder.encode(text)
+        return tokens
+
+    def _rows(self, rows) -> torch.Tensor:
+        """Tokens (M, N+1, d) of the catalogue rows ``rows`` (a slice or an index tensor)."""
+        return self.tokens_from_embeddings(self.cf_embeddings[rows], self.text_embeddings[rows])
 
     @property
     def num_items(self) -> int:
@@ -104,20 +196,16 @@ class ItemTokenEncoder(nn.Module):
     def tokens_from_embeddings(self, cf: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, cf_dim), (B, dz) -> (B, N+1, d): CF token first, then the semantic tokens."""
         cf_token = self.cf_projection(cf).unsqueeze(-2)
-        return torch.cat([cf_token, self.autoencoder.encode(text)], dim=-2)
+        return torch.cat([cf_token, self.semantic_tokens(text)], dim=-2)
 
     def forward(self, item_idx: torch.Tensor) -> torch.Tensor:
         """Item indices of any shape -> tokens of shape (*item_idx.shape, N+1, d)."""
-        flat = item_idx.reshape(-1)
-        tokens = self.tokens_from_embeddings(self.cf_embeddings[flat], self.text_embeddings[flat])
+        tokens = self._rows(item_idx.reshape(-1))
         return tokens.view(*item_idx.shape, self.tokens_per_item, self.token_dim)
 
     def table(self, batch_size: int = 65536) -> torch.Tensor:
         """The whole (num_items, N+1, d) token table, computed in batches."""
-        parts = [
-            self.tokens_from_embeddings(self.cf_embeddings[start : start + batch_size], self.text_embeddings[start : start + batch_size])
-            for start in range(0, self.num_items, batch_size)
-        ]
+        parts = [self._rows(slice(start, start + batch_size)) for start in range(0, self.num_items, batch_size)]
         return torch.cat(parts, dim=0)
 
     def reconstruction_loss(self, item_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,10 +254,12 @@ class ItemTokenEncoder(nn.Module):
             "text_dim": int(self.text_embeddings.shape[1]),
             "num_semantic_tokens": self.num_semantic_tokens,
             "token_dim": self.token_dim,
+            "semantic": self.semantic,
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], num_semantic_tokens: int, token_dim: int) -> "ItemTokenEncoder":
+    def from_state_dict(cls, state: dict[str, torch.Tensor], num_semantic_tokens: int, token_dim: int,
+                        semantic: str = "autoencoder") -> "ItemTokenEncoder":
         """Rebuild an encoder from :meth:`state_dict` (frozen embeddings included).
 
         Example:
@@ -178,7 +268,7 @@ class ItemTokenEncoder(nn.Module):
         missing = {"cf_embeddings", "has_cf", "text_embeddings"} - set(state)
         if missing:
             raise ArtifactError(f"item encoder state lacks {sorted(missing)}; rebuild the table")
-        module = cls(state["cf_embeddings"], state["has_cf"], state["text_embeddings"], num_semantic_tokens, token_dim)
+        module = cls(state["cf_embeddings"], state["has_cf"], state["text_embeddings"], num_semantic_tokens, token_dim, semantic)
         try:
             module.load_state_dict(state)
         except RuntimeError as error:
@@ -361,7 +451,8 @@ class ItemTokenTable:
         hp = manifest.get("item_encoder")
         if with_encoder and hp and ENCODER_FILE in files:
             state = read_safetensors_checked(directory / ENCODER_FILE, files[ENCODER_FILE]["sha256"])
-            encoder = ItemTokenEncoder.from_state_dict(state, hp["num_semantic_tokens"], hp["token_dim"])
+            encoder = ItemTokenEncoder.from_state_dict(state, hp["num_semantic_tokens"], hp["token_dim"],
+                                                       hp.get("semantic", "autoencoder"))
         return cls(tokens, items, manifest.get("info", {}), encoder)
 
 
@@ -394,6 +485,7 @@ def build_item_encoder(
     num_semantic_tokens: int = 4,
     token_dim: int = 64,
     seed: int = 0,
+    semantic: str = "projection",
 ) -> tuple[ItemTokenEncoder, pl.DataFrame]:
     """An untrained :class:`ItemTokenEncoder` over a prepared dataset's CF and text artifacts.
 
@@ -403,6 +495,8 @@ def build_item_encoder(
         semantic_dir: output of ``recsys tokenize semantic``.
         num_semantic_tokens / token_dim: N and d.
         seed: initial weights.
+        semantic: how semantic tokens are made (:data:`SEMANTIC_MODES`); with a text map it is
+            fitted on the texts of items with a train interaction only.
 
     Returns:
         (encoder, items frame of the dataset).
@@ -425,7 +519,9 @@ def build_item_encoder(
             "rebuild them from the same prepared dataset"
         )
     torch.manual_seed(seed)
-    encoder = ItemTokenEncoder(torch.as_tensor(cf), torch.as_tensor(has_cf), text, num_semantic_tokens, token_dim)
+    encoder = ItemTokenEncoder(torch.as_tensor(cf), torch.as_tensor(has_cf), text, num_semantic_tokens, token_dim, semantic)
+    if semantic != "autoencoder":
+        encoder.fit_text_projection(text[torch.from_numpy(data.train_item_mask())], seed=seed)
     return encoder, data.items
 
 
@@ -450,7 +546,8 @@ def build_item_table(
     from recsys.tokenizers.semantic import pretrain_autoencoder, text_embeddings_manifest
 
     config = config or TableConfig()
-    encoder, items = build_item_encoder(data_dir, cf_dir, semantic_dir, config.num_semantic_tokens, config.token_dim, config.seed)
+    encoder, items = build_item_encoder(data_dir, cf_dir, semantic_dir, config.num_semantic_tokens, config.token_dim, config.seed,
+                                        semantic="autoencoder")  # the table artifact keeps its pre-trained autoencoder
     metrics: dict = {}
     if config.pretrain.epochs > 0:
         result = pretrain_autoencoder(encoder.text_embeddings, encoder.autoencoder, config.pretrain, progress=progress)

@@ -143,7 +143,8 @@ def build_model(cfg: TrainJobConfig):
                 "`recsys tokenize cf`, `recsys tokenize semantic`) or point the config at it"
             )
     hidden = backbone_hidden_size(cfg.model)
-    encoder, items = build_item_encoder(cfg.data, cfg.cf, cfg.semantic, cfg.model.num_semantic_tokens, hidden, seed=cfg.seed)
+    encoder, items = build_item_encoder(cfg.data, cfg.cf, cfg.semantic, cfg.model.num_semantic_tokens, hidden, seed=cfg.seed,
+                                        semantic=cfg.model.semantic_tokens)
     return SetRecModel(cfg.model, encoder), items
 
 
@@ -220,7 +221,7 @@ def state_checksum(module: torch.nn.Module) -> str:
         tensor = value.detach().cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -306,7 +307,8 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = PreparedDataset.load(cfg.data)
-    datamodule = SetRecDataModule(data, cfg.max_len, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.trainer.num_workers)
+    datamodule = SetRecDataModule(data, cfg.max_len, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.trainer.num_workers,
+                                  cfg.train_mode, cfg.window_stride)
     model, items = build_model(cfg)
     candidates = torch.from_numpy(data.train_item_mask()) if cfg.negatives == "train" else None
     if not resume:

@@ -30,6 +30,8 @@ Negatives = Literal["train", "catalogue"]
 STRATEGIES = typing.get_args(Strategy)
 PRECISIONS = typing.get_args(Precision)
 NEGATIVES = typing.get_args(Negatives)
+TrainMode = Literal["all_prefix", "one_prefix"]
+TRAIN_MODES = typing.get_args(TrainMode)
 
 
 @dataclass
@@ -123,8 +125,15 @@ class TrainJobConfig:
     """Candidate ranking weights beta; the best on validation NDCG@10 is kept (never chosen on test)."""
     max_len: int = 20
     """History items kept (the most recent) per sample."""
+    train_mode: TrainMode = "all_prefix"
+    """``all_prefix``: a sample is a window of up to ``max_len`` items and one backbone pass gives the loss of
+    every target in it (SASRec's training signal; ``SetRecModel.forward_packed``); ``one_prefix``: a sample is one
+    (history, next item) pair, the reference path (needed for ``model.encoder_attention: bidirectional``)."""
+    window_stride: int = 0
+    """``all_prefix`` only: new targets per later window of a long sequence (0 = ``max_len``: windows do not
+    overlap). Smaller strides give every target a longer history at the cost of more windows."""
     batch_size: int = 256
-    """Training samples per batch (per device)."""
+    """Training samples per batch (per device): windows under ``all_prefix``, (history, target) pairs under ``one_prefix``."""
     eval_batch_size: int = 256
     """Users per validation/test batch."""
     exclude_history: bool = True
@@ -157,6 +166,15 @@ class TrainJobConfig:
             raise ConfigError(f"beta_grid must be a non-empty list of values in [0, 1], got {self.beta_grid}")
         if self.autoencoder_pretrain_epochs < 0:
             raise ConfigError(f"autoencoder_pretrain_epochs must be >= 0, got {self.autoencoder_pretrain_epochs}")
+        if self.train_mode not in TRAIN_MODES:
+            raise ConfigError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        if self.window_stride < 0:
+            raise ConfigError(f"window_stride must be >= 0, got {self.window_stride}")
+        if self.train_mode == "all_prefix" and self.model.backbone == "t5" and self.model.encoder_attention != "causal":
+            raise ConfigError("train_mode all_prefix needs model.encoder_attention: causal for the t5 backbone "
+                              "(a bidirectional encoder lets each item see later ones); or set train_mode: one_prefix")
+        if self.autoencoder_pretrain_epochs > 0 and self.model.semantic_tokens == "projection":
+            raise ConfigError("autoencoder_pretrain_epochs needs an autoencoder; model.semantic_tokens is 'projection'")
         if self.trainer.max_epochs < 1 and self.trainer.max_steps < 1:
             raise ConfigError("set trainer.max_epochs >= 1 or trainer.max_steps >= 1")
         if self.trainer.num_nodes < 1:

@@ -1,8 +1,11 @@
 """Data of the set-identifier training job: train prefixes, validation and test users.
 
-Training makes one sample per target position of each user's train sequence: the input is
-the (at most ``max_len``) items before it, left-padded with -1 (``PrefixBatches`` of the SASRec
-job, reused). Validation and test give each user's history (last ``max_len`` items), the gold
+Training (``train_mode: all_prefix``, the default) cuts each user's train sequence into windows
+of at most ``max_len`` input items; a sample is ``(histories (W,), targets (W,))`` with the item
+after every position (-1 where there is none or it was scored by an earlier window), so one
+packed pass trains every target (``WindowBatches`` of the SASRec job, reused). The reference
+(``one_prefix``) makes one sample per target position: the (at most ``max_len``) items before
+it, left-padded with -1 (``PrefixBatches``). Validation and test give each user's history (last ``max_len`` items), the gold
 set of the split (one item for leave-one-out, several for temporal splits) and the full history
 for excluding already-seen items.
 
@@ -28,7 +31,7 @@ from recsys.errors import ArtifactError
 from recsys.evaluation.metrics import pad_gold
 from recsys.models.setrec import pad_histories
 from recsys.pipelines.prepared import EvalExamples, PreparedDataset
-from recsys.training.sasrec import PrefixBatches
+from recsys.training.sasrec import PrefixBatches, WindowBatches
 
 
 class EpochSampler(Sampler[int]):
@@ -89,6 +92,8 @@ class SetRecDataModule(L.LightningDataModule):
         eval_batch_size: users per evaluation batch.
         seed: seeds the training order.
         num_workers: DataLoader workers.
+        train_mode: ``all_prefix`` (windows, every target of a window in one pass) or ``one_prefix``.
+        window_stride: new targets per later window (0 = ``max_len``).
 
     Raises:
         ArtifactError: no training sample, or no validation user.
@@ -102,11 +107,19 @@ class SetRecDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         seed: int = 0,
         num_workers: int = 0,
+        train_mode: str = "all_prefix",
+        window_stride: int = 0,
     ) -> None:
         super().__init__()
         self.data = data
         self.batch_size, self.eval_batch_size, self.seed, self.num_workers = batch_size, eval_batch_size, seed, num_workers
-        self.train = PrefixBatches(data.train_sequences(), max_len)
+        sequences = data.train_sequences()
+        if train_mode == "all_prefix":
+            self.train = WindowBatches(sequences, max_len, window_stride or max_len)
+            self.num_targets = self.train.num_targets
+        else:
+            self.train = PrefixBatches(sequences, max_len)
+            self.num_targets = len(self.train)
         if len(self.train) == 0:
             raise ArtifactError(
                 f"{data.root}: no user has two or more train interactions, so there is no training sample; "
@@ -122,7 +135,8 @@ class SetRecDataModule(L.LightningDataModule):
 
     def counts(self) -> dict[str, int]:
         """Samples and users per split (logged as params)."""
-        return {"train_samples": len(self.train), "valid_users": len(self.valid), "test_users": len(self.test)}
+        return {"train_samples": len(self.train), "train_targets": self.num_targets,
+                "valid_users": len(self.valid), "test_users": len(self.test)}
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(

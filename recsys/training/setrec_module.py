@@ -177,7 +177,7 @@ class SetRecModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         histories, targets = batch
         out = self.model.loss(histories, targets, self.optim.alpha, self.candidates)
-        size = len(targets)
+        size = int(out["targets"])
         self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("train/ce", out["ce"], on_step=False, on_epoch=True, batch_size=size)
         self.log("train/ae", out["ae"], on_step=False, on_epoch=True, batch_size=size)
