@@ -67,6 +67,23 @@ class Recommendation:
     unknown_items: list[str] = field(default_factory=list)
 
 
+#: Nice increment of the text-encoding thread (Linux: per-thread priority).
+ENCODE_NICE = 10
+
+
+def _lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by ``increment`` (Linux applies it to the thread only)."""
+    import os
+
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, current + increment))
+    except OSError:  # not permitted here: keep the priority
+        pass
+
+
 def resolve_model(uri: str) -> tuple[Path, str, str]:
     """A bundle directory with its model name and version, from a path or ``models:/name@alias``.
 
@@ -134,6 +151,9 @@ class Recommender:
             None looks at the recorded path, then at the bundled all-MiniLM-L6-v2; each candidate
             is accepted only with the recorded fingerprint.
         dataset_fingerprint: the bundle's dataset fingerprint (names its catalogue in a store).
+        encode_nice: how much lower the CPU priority of the text-encoding thread is than the
+            process's (Linux nice increments, 0 to keep it equal); on a busy CPU, recommendations
+            then get the cores before item insertions do.
     """
 
     def __init__(
@@ -148,6 +168,7 @@ class Recommender:
         text_encoder: dict | None = None,
         text_encoder_dir: str | Path | None = None,
         dataset_fingerprint: str = "",
+        encode_nice: int = ENCODE_NICE,
     ) -> None:
         if len(item_ids) != len(index) or len(titles) != len(index):
             raise ArtifactError(f"{len(item_ids)} item ids and {len(titles)} titles for an index of {len(index)} items")
@@ -166,9 +187,11 @@ class Recommender:
         self._unavailable: set[int] = set()
         self._lock = threading.RLock()
         self._encode_lock = threading.Lock()  # the text encoder is not thread-safe; it is not the reader's lock
+        self._encode_executor = None  # one thread of lower CPU priority for text encoding (see embed_texts)
         self._text_encoder = None
         self.text_encoder_dir = Path(text_encoder_dir) if text_encoder_dir else None
         self.dataset_fingerprint = dataset_fingerprint
+        self.encode_nice = int(encode_nice)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -393,8 +416,14 @@ class Recommender:
             TextEncoderUnavailableError: the encoder cannot be found or loaded.
         """
         with self._encode_lock:
-            encoder = self._encoder()
-            return np.asarray(encoder.encode_batch(list(texts)), dtype=np.float32)
+            if self._encode_executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._encode_executor = ThreadPoolExecutor(1, "setrec-encode", initializer=_lower_thread_priority, initargs=(self.encode_nice,))
+            return self._encode_executor.submit(self._encode, list(texts)).result()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._encoder().encode_batch(texts), dtype=np.float32)
 
     def insert_items(self, item_ids: Sequence[str], vectors: np.ndarray, titles: Sequence[str | None], added: bool = True) -> list[int]:
         """Append items from their text embeddings to the model and the index; returns their rows.
@@ -457,5 +486,8 @@ class Recommender:
         return self.item(item_id)
 
     def close(self) -> None:
-        """Stop the engine."""
+        """Stop the engine and the encoding thread."""
         self.engine.close()
+        if self._encode_executor is not None:
+            self._encode_executor.shutdown(wait=True)
+            self._encode_executor = None
