@@ -61,6 +61,7 @@ class TrainResult:
         seconds: wall-clock seconds of the whole job.
         best_epoch: epoch of the restored checkpoint (0-based), -1 when unknown.
         global_step: optimiser steps taken.
+        epochs_run: epochs trained (fewer than ``trainer.max_epochs`` when early stopping ended the fit).
         rank: process rank (only rank 0 evaluates, writes the bundle and logs).
     """
 
@@ -73,6 +74,7 @@ class TrainResult:
     best_epoch: int = -1
     global_step: int = 0
     rank: int = 0
+    epochs_run: int = 0
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -378,6 +380,6 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
         client.set_tag(run_id, "best_beta", str(best_beta))
         client.log_artifacts(run_id, str(bundle_dir), artifact_path=BUNDLE)
     result = TrainResult(bundle_dir, run_id, valid_metrics, test_metrics, best_beta, time.perf_counter() - start,
-                         best_epoch=best_epoch, global_step=trainer.global_step)
+                         best_epoch=best_epoch, global_step=trainer.global_step, epochs_run=trainer.current_epoch)
     (out_dir / RESULT).write_text(json.dumps(result.to_json(), indent=2))
     return result
