@@ -230,7 +230,7 @@ def _check_files(argv: Sequence[str]) -> None:
 
 
 def _parse(cls: type[T], parse: Callable[[Any], Any], sources: Sequence[tuple[str, Any]], prog: str,
-           description: str = "", extra: Callable[[Any], None] | None = None) -> tuple[T, Any]:
+           description: str = "", extra: Callable[[Any], None] | None = None, validate: bool = True) -> tuple[T, Any]:
     """Run ``parse(parser)``, build ``cls``, validate; every error becomes a located ConfigError."""
     jsonargparse = _jsonargparse()
     parser = config_parser(cls, prog, description, extra)
@@ -240,9 +240,9 @@ def _parse(cls: type[T], parse: Callable[[Any], Any], sources: Sequence[tuple[st
     try:
         namespace = parse(parser)
         config = _build(cls, parser.instantiate(namespace))
-        validate = getattr(config, "validate", None)
-        if validate is not None:
-            validate()
+        check = getattr(config, "validate", None) if validate else None
+        if check is not None:
+            check()
     except (jsonargparse.ArgumentError, TypeError, ValueError) as error:
         raise located_error(error, sources) from None
     except ConfigError as error:  # from __post_init__ or validate(): it names the key, add the files
@@ -332,6 +332,7 @@ def config_from_values(
     values: Mapping[str, Any] | None,
     overrides: Mapping[str, Any] | None = None,
     where: str = "config",
+    validate: bool = True,
 ) -> T:
     """Build ``cls`` from an already loaded mapping (a bundle's ``config.yaml``, a section of a YAML).
 
@@ -342,6 +343,7 @@ def config_from_values(
         values: nested values (the parsed YAML); None is an empty mapping.
         overrides: dotted keys with Python values, applied on top.
         where: what to call the mapping in messages (a file path, ``bench.yaml: methods[2].overrides``).
+        validate: also run ``cls.validate()`` (cross-field checks); False checks keys and types only.
 
     Example:
         >>> config_from_values(SASRecConfig, {"hidden_size": 32}, where="bench.yaml: sasrec").hidden_size
@@ -356,7 +358,7 @@ def config_from_values(
     tree = copy.deepcopy(dict(values))
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
-    config, _ = _parse(cls, lambda parser: parser.parse_object(tree), [(where, tree)], where)
+    config, _ = _parse(cls, lambda parser: parser.parse_object(tree), [(where, tree)], where, validate=validate)
     return config
 
 

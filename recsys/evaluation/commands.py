@@ -3,6 +3,7 @@
 Commands:
     recsys evaluate --bundle bundles/setrec-ml100k --data data/ml-100k [--split test] [--no-exclude-history] [--out DIR]
     recsys benchmark quality --config configs/bench-ml100k.yaml [--seeds 3] [--out benchmarks/results]
+    recsys benchmark quality --config configs/bench-ml100k.yaml --evaluation.batch_size=128 --print_config
 
 ``recsys evaluate`` also accepts a saved SASRec (``save_sasrec``) or TIGER (``save_tiger``)
 folder as ``--bundle``; the kind is read from the folder's files. History items are excluded
@@ -59,14 +60,9 @@ def register(subparsers) -> None:
     quality = bench.add_parser(
         "quality",
         help="train every method of a config with several seeds and compare them in one harness",
+        add_help=False,
     )
-    quality.add_argument("--config", required=True, help="benchmark YAML, e.g. configs/bench-ml100k.yaml")
-    quality.add_argument("--seeds", type=int, default=None, help="use the first N seeds of the config (default: all)")
-    quality.add_argument("--out", default="benchmarks/results", help="folder of quality-<dataset>.json/.md/.png")
-    quality.add_argument("--methods", default=None, help="comma-separated subset of the config's method names")
-    quality.add_argument("--work-dir", default=None, help="override the config's work_dir")
-    quality.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    quality.set_defaults(func=run_quality)
+    quality.set_defaults(func=run_quality, config_args=True)
 
     merge = bench.add_parser("merge", help="combine finished quality runs of one dataset (methods run as separate processes)")
     merge.add_argument("--config", required=True, help="the benchmark YAML the runs came from")
@@ -160,26 +156,66 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+QUALITY_DESCRIPTION = (
+    "Train every method of a benchmark config with several seeds and compare them in one harness. Config keys come "
+    "from --config files (repeatable, later files win) and dotted flags (--evaluation.batch_size=128, or --set "
+    "evaluation.batch_size=128); --print_config prints the result."
+)
+#: Options of ``recsys benchmark quality`` that are not config keys (``--seeds N`` takes the first N seeds;
+#: the config key ``seeds`` is set with ``--set seeds=[0,1]``).
+QUALITY_OPTIONS = (
+    ("--seeds", {"type": int, "default": None, "help": "use the first N seeds of the config (default: all)"}),
+    ("--out", {"default": "benchmarks/results", "help": "folder of quality-<dataset>.json/.md/.png"}),
+    ("--methods", {"default": None, "help": "comma-separated subset of the config's method names"}),
+    ("--work-dir", {"default": None, "help": "override the config's work_dir"}),
+    ("--no-mlflow", {"action": "store_true", "help": "do not log to MLflow"}),
+)
+
+
+def parse_quality_args(argv: list[str]):
+    """``recsys benchmark quality`` arguments -> (validated BenchmarkConfig, command options).
+
+    The config goes through the one config path (:func:`recsys.config.parse_command`); the command
+    options of :data:`QUALITY_OPTIONS` are read first.
+
+    Example:
+        >>> config, options = parse_quality_args(["--config", "configs/bench-ml100k.yaml", "--seeds", "1"])
+    """
+    from recsys.config import parse_command
+    from recsys.evaluation.benchmark_config import BenchmarkConfig
+
+    options_parser = argparse.ArgumentParser(prog="recsys benchmark quality", add_help=False, allow_abbrev=False)
+    for flag, kwargs in QUALITY_OPTIONS:
+        options_parser.add_argument(flag, **kwargs)
+    options, rest = options_parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print("command options (not config keys):\n" + "\n".join(f"  {flag}: {kwargs['help']}" for flag, kwargs in QUALITY_OPTIONS) + "\n")
+    if "--config" not in rest and not any(arg.startswith("--config=") for arg in rest) and not {"-h", "--help"} & set(rest):
+        raise ConfigError("recsys benchmark quality: give --config, e.g. --config configs/bench-ml100k.yaml")
+    config, _ = parse_command(BenchmarkConfig, rest, "recsys benchmark quality", QUALITY_DESCRIPTION)
+    return config, options
+
+
 def run_quality(args: argparse.Namespace) -> int:
     """Handler of ``recsys benchmark quality``."""
-    from recsys.evaluation.benchmark import load_benchmark_config, run_benchmark
+    from recsys.evaluation.benchmark import run_benchmark
 
-    config = load_benchmark_config(args.config)
-    if args.seeds is not None:
-        if not 1 <= args.seeds <= len(config.seeds):
+    config, options = parse_quality_args(args.argv)
+    if options.seeds is not None:
+        if not 1 <= options.seeds <= len(config.seeds):
             raise ConfigError(f"--seeds must lie in 1..{len(config.seeds)} (the config lists seeds {config.seeds})")
-        config.seeds = config.seeds[: args.seeds]
-    if args.methods:
-        wanted = [name.strip() for name in args.methods.split(",") if name.strip()]
+        config.seeds = config.seeds[: options.seeds]
+    if options.methods:
+        wanted = [name.strip() for name in options.methods.split(",") if name.strip()]
         known = {m.name: m for m in config.methods}
         unknown = [name for name in wanted if name not in known]
         if unknown:
-            raise ConfigError(f"--methods: {unknown} are not in {args.config} (methods: {sorted(known)})")
+            raise ConfigError(f"--methods: {unknown} are not in the config (methods: {sorted(known)})")
         config.methods = [known[name] for name in wanted]
-    if args.work_dir:
-        config.work_dir = args.work_dir
+    if options.work_dir:
+        config.work_dir = options.work_dir
     command = "recsys benchmark quality " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["benchmark", "quality"] else None
-    report = run_benchmark(config, out_dir=args.out, log_to_mlflow=not args.no_mlflow, command=command)
+    report = run_benchmark(config, out_dir=options.out, log_to_mlflow=not options.no_mlflow, command=command)
     eff = report.get("efficiency") or {}
     print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.dataset} in {report['meta']['seconds']} s"
           + (f"; beam search / set identifiers inference time: {eff['beam_over_reference']:.1f}x" if eff else ""))

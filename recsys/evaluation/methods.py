@@ -16,16 +16,18 @@ Example:
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from recsys.errors import ArtifactError, ConfigError
 from recsys.evaluation.recommenders import RankingRecommender, Recommender, ScoringRecommender
 
-KINDS = ("popularity", "sasrec", "tiger", "setrec", "text")
+Kind = Literal["popularity", "sasrec", "tiger", "setrec", "text"]
+KINDS = typing.get_args(Kind)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class MethodSpec:
 
     name: str
     """Name in reports and in the JSON (unique within a benchmark)."""
-    kind: str
+    kind: Kind
     """``popularity``, ``sasrec``, ``tiger``, ``setrec`` or ``text`` (text similarity)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Settings that differ from the benchmark's base config of this kind (dotted keys for setrec)."""
@@ -96,11 +98,10 @@ class TrainedMethod:
 
 
 def _config(cls, base: dict[str, Any], overrides: dict[str, Any], seed: int, where: str):
-    values = {**base, **overrides, "seed": seed}
-    unknown = set(values) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"{where}: unknown {cls.__name__} fields {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
-    return cls(**values)
+    """``cls`` (SASRecConfig, TigerConfig) from the base fields, the method's overrides and the seed (one config path)."""
+    from recsys.config import config_from_values
+
+    return config_from_values(cls, {**base, **overrides, "seed": seed}, where=where)
 
 
 def num_parameters(module: torch.nn.Module) -> int:
@@ -246,6 +247,8 @@ def train_setrec(spec: MethodSpec, seed: int, context: MethodContext) -> Trained
         "run_id": result.run_id,
         "beta": float(model.bundle.beta),
         "best_beta": float(result.best_beta),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
         "parameters": num_parameters(model),
         "model_config": model.config.to_dict(),
         "backbone": {key: backbone.get(key) for key in ("d_model", "num_layers", "num_decoder_layers", "num_heads", "d_ff", "hidden_size", "num_hidden_layers")

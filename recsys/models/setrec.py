@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ class LoraSettings:
 class SetRecConfig:
     """Configuration of :class:`SetRecModel`."""
 
-    backbone: str = "qwen"
+    backbone: Literal["qwen", "t5"] = "qwen"
     """``qwen`` (Qwen2, decoder-only) or ``t5`` (encoder + query decoder)."""
     preset: str = "tiny"
     """Named random-init backbone size (see ``PRESETS``): ``tiny`` or ``small``."""
@@ -115,20 +115,20 @@ class SetRecConfig:
     """P, learnable prompt tokens before the history."""
     num_response_tokens: int = 1
     """R, learnable response tokens after the history."""
-    attention: str = "sparse"
+    attention: Literal["sparse", "full"] = "sparse"
     """``sparse`` (siblings hidden, shared positions) or ``full`` (ablation)."""
     encoder_attention: str = "causal"
     """T5 only: ``causal`` (an item's tokens see earlier items only, as in the decoder-only backbone, so
     one encoder pass serves every prefix of a window: all-prefix training, ARCHITECTURE.md 3.3; inference
     uses the same causal encoder, so training and serving see the same states) or ``bidirectional``
     (every item sees every other item, the SETRec paper's encoder; trains one prefix per sample only)."""
-    generation: str = "simultaneous"
+    generation: Literal["simultaneous", "autoregressive"] = "simultaneous"
     """``simultaneous`` (queries independent) or ``autoregressive`` (ablation; see the module docstring)."""
-    token_set: str = "all"
+    token_set: Literal["all", "cf", "semantic"] = "all"
     """Item tokens used: ``all`` (CF + semantic), ``cf`` or ``semantic`` (ablations)."""
     attn_implementation: str = "sdpa"
     """Attention backend: ``sdpa`` or ``eager`` (both), ``flex_attention`` (Qwen, GPU)."""
-    mask_impl: str = "fast"
+    mask_impl: Literal["fast", "reference"] = "fast"
     """Mask builder: ``fast`` (vectorised) or ``reference`` (pair-by-pair loops; for benchmarks)."""
     dropout: float = 0.1
     """Backbone dropout (T5 ``dropout_rate``: residual and feed-forward outputs; Qwen ``attention_dropout``)."""
@@ -333,6 +333,14 @@ class SetRecModel(nn.Module):
         """The transformers model itself (inside the peft wrapper when LoRA is on)."""
         return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
 
+    def transformer(self) -> nn.Module:
+        """The transformers model (``Qwen2Model`` or ``T5Model``), inside the peft wrapper when LoRA is on.
+
+        Example:
+            >>> export_backbone(model.transformer(), layout, folder)   # vLLM export of the Qwen2 weights
+        """
+        return self._core()
+
     def _backbone_config(self):
         return self._core().config
 
@@ -367,6 +375,17 @@ class SetRecModel(nn.Module):
         return tokens
 
     # ------------------------------------------------------------------ items
+
+    def encode_items(self, items: torch.Tensor) -> torch.Tensor:
+        """Item indices (...,) -> their (..., K, d) tokens of the model's token set (the item encoder's output).
+
+        Args:
+            items: item indices, all in ``[0, num_items)``.
+
+        Example:
+            >>> model.encode_items(torch.tensor([3, 4])).shape    # (2, K, d)
+        """
+        return self._select(self.item_encoder(items))
 
     def item_table(self) -> torch.Tensor:
         """(num_items, K, d) token table of the whole catalogue."""
@@ -462,6 +481,38 @@ class SetRecModel(nn.Module):
         out, _ = self._run_stack(decoder, queries, self_mask, bias, encoder_states=encoder_states, cross_mask=cross)
         return out
 
+    def assemble_sequence(self, tokens: torch.Tensor, valid: torch.Tensor,
+                          query_inputs: torch.Tensor) -> tuple[torch.Tensor, TokenLayout]:
+        """The backbone's input sequence ``[prompt][items][response][queries]`` and its layout.
+
+        Padding items are dropped and the rest packed (the layout's ``source`` gathers them); the
+        queries are part of the sequence for the decoder-only backbone only (T5 decodes them).
+
+        Args:
+            tokens: (B, L, K, d) history item tokens; valid: (B, L) bool, left-padded.
+            query_inputs: (B, Q, d) query input embeddings.
+
+        Returns:
+            ((B, S, d) input embeddings, the :class:`~recsys.models.masks.TokenLayout`).
+
+        Example:
+            >>> x, layout = model.assemble_sequence(tokens, valid, model.queries.expand(len(tokens), -1, -1))
+        """
+        batch, length, k, d = tokens.shape
+        layout = build_layout(
+            valid, k, self.config.num_prompt_tokens, self.config.num_response_tokens, query_inputs.shape[1], self.spec
+        )
+        parts = [
+            tokens.new_zeros(batch, 1, d),
+            self.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
+            tokens.reshape(batch, length * k, d),
+            self.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
+        ]
+        if self.spec.role == "decoder_only":
+            parts.append(query_inputs.to(tokens.dtype))
+        source = torch.cat(parts, dim=1)
+        return source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d)), layout
+
     def forward_tokens(
         self,
         tokens: torch.Tensor,
@@ -477,23 +528,11 @@ class SetRecModel(nn.Module):
             query_inputs: (B, K, d) query input embeddings; the learnable queries when None.
             output_hidden_states: also return per-layer outputs of the masked sequence.
         """
-        batch, length, k, d = tokens.shape
+        batch = tokens.shape[0]
         if query_inputs is None:
             query_inputs = self.queries.unsqueeze(0).expand(batch, -1, -1)
         num_queries = query_inputs.shape[1]
-        layout = build_layout(
-            valid, k, self.config.num_prompt_tokens, self.config.num_response_tokens, num_queries, self.spec
-        )
-        parts = [
-            tokens.new_zeros(batch, 1, d),
-            self.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
-            tokens.reshape(batch, length * k, d),
-            self.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
-        ]
-        if self.spec.role == "decoder_only":
-            parts.append(query_inputs.to(tokens.dtype))
-        source = torch.cat(parts, dim=1)
-        x = source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d))
+        x, layout = self.assemble_sequence(tokens, valid, query_inputs)
         states, hidden = self._sequence_pass(x, layout, output_hidden_states)
         if self.spec.role == "decoder_only":
             query_states = states[:, -num_queries:]
@@ -501,6 +540,59 @@ class SetRecModel(nn.Module):
             groups = (valid.sum(dim=1, keepdim=True) - 1).expand(batch, num_queries)
             query_states = self._query_decoder(query_inputs.to(tokens.dtype), states, layout, groups)
         return SetRecOutput(query_states, hidden, layout)
+
+    @property
+    def has_fast_queries(self) -> bool:
+        """Whether :meth:`fast_query_states` takes its cheaper path (Qwen2, sparse, simultaneous, all tokens, sdpa/eager)."""
+        c = self.config
+        return (c.backbone == "qwen" and c.attention == "sparse" and c.generation == "simultaneous"
+                and c.token_set == "all" and c.attn_implementation in ("sdpa", "eager"))
+
+    def fast_query_states(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``forward_tokens(tokens, valid).query_states``, cheaper at inference (serving's query path).
+
+        For a Qwen2 model with :attr:`has_fast_queries`, every layer but the last runs as in
+        :meth:`forward_tokens`; the last one computes attention and the MLP for the K query rows
+        only (their keys and values still come from every token): nothing reads the other rows'
+        final outputs. Same sequence, layout, mask and weights, so the result is equal up to float
+        rounding (tests/models/test_fast_queries.py). Other models run :meth:`forward_tokens`.
+
+        Args:
+            tokens: (B, L, K, d) history tokens (:meth:`history_tokens` or a cached table).
+            valid: (B, L) bool, left-padded.
+
+        Example:
+            >>> tokens, valid = model.history_tokens(pad_histories([[1, 2]], 5))
+            >>> model.fast_query_states(tokens, valid).shape     # (1, K, d)
+        """
+        if not self.has_fast_queries:
+            return self.forward_tokens(tokens, valid).query_states
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, eager_attention_forward
+
+        batch, k = tokens.shape[0], tokens.shape[2]
+        x, layout = self.assemble_sequence(tokens, valid, self.queries.unsqueeze(0).expand(batch, -1, -1))
+        mask = self._attention_mask(layout, x.dtype)
+        core = self._core()
+        positions = layout.position_ids
+        cos, sin = core.rotary_emb(x, positions)
+        h = x
+        for layer in core.layers[:-1]:
+            h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
+        last = core.layers[-1]
+        attention = last.self_attn
+        normed = last.input_layernorm(h)
+        head = attention.head_dim
+        q = attention.q_proj(normed[:, -k:]).view(batch, k, -1, head).transpose(1, 2)
+        key = attention.k_proj(normed).view(batch, h.shape[1], -1, head).transpose(1, 2)
+        value = attention.v_proj(normed).view(batch, h.shape[1], -1, head).transpose(1, 2)
+        q, _ = apply_rotary_pos_emb(q, q, cos[:, -k:], sin[:, -k:])
+        key, _ = apply_rotary_pos_emb(key, key, cos, sin)
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(core.config._attn_implementation, eager_attention_forward)
+        out, _ = interface(attention, q, key, value, mask[:, :, -k:, :], dropout=0.0, scaling=attention.scaling)
+        states = h[:, -k:] + attention.o_proj(out.reshape(batch, k, -1).contiguous())
+        states = states + last.mlp(last.post_attention_layernorm(states))
+        return core.norm(states)
 
     def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor, query_inputs: torch.Tensor | None = None) -> torch.Tensor:
         """All-prefix pass: the query states of every prefix of every history in one backbone pass.

@@ -1,0 +1,102 @@
+"""Every shipped YAML and the config commands' flags go through the one config path (recsys.config).
+
+A wrong type or an unknown key, in a file or on the command line, fails with the file (or
+"command line") and the dotted key named; --print_config prints what the command would run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsys.cli import main
+from recsys.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: Shipped YAML -> the command that reads it.
+SHIPPED = {path: ("train",) if path.name.startswith("setrec-") else ("benchmark", "quality")
+           for path in sorted(CONFIGS.glob("*.yaml"))}
+
+
+def _parse(command: tuple[str, ...], argv: list[str]):
+    if command == ("train",):
+        from recsys.training.commands import parse_train_args
+
+        return parse_train_args(argv)[0]
+    from recsys.evaluation.commands import parse_quality_args
+
+    return parse_quality_args(argv)[0]
+
+
+def test_every_shipped_yaml_is_read_by_a_command():
+    assert SHIPPED and all(path.name.startswith(("setrec-", "bench-")) for path in SHIPPED)
+
+
+@pytest.mark.parametrize("path", list(SHIPPED), ids=lambda p: p.name)
+def test_shipped_yaml_loads_and_refuses_an_unknown_key_and_a_wrong_type_naming_file_and_key(path, tmp_path):
+    command = SHIPPED[path]
+    assert _parse(command, ["--config", str(path)]) is not None
+    values = yaml.safe_load(path.read_text())
+    section = "trainer" if command == ("train",) else "evaluation"
+    field = "max_epochs" if command == ("train",) else "batch_size"
+
+    unknown = tmp_path / f"unknown-{path.name}"
+    unknown.write_text(yaml.safe_dump({**values, section: {**values.get(section, {}), "no_such_key": 1}}))
+    with pytest.raises(ConfigError, match=rf"unknown-{path.name}: {section}\.no_such_key: unknown key"):
+        _parse(command, ["--config", str(unknown)])
+
+    wrong = tmp_path / f"wrong-{path.name}"
+    wrong.write_text(yaml.safe_dump({**values, section: {**values.get(section, {}), field: "three"}}))
+    with pytest.raises(ConfigError, match=rf"wrong-{path.name}: {section}\.{field}: Expected a <class 'int'>"):
+        _parse(command, ["--config", str(wrong)])
+
+    # composing: a second file overrides the first; the error names the file that set the bad value
+    with pytest.raises(ConfigError, match=rf"wrong-{path.name}: {section}\.{field}"):
+        _parse(command, ["--config", str(path), "--config", str(wrong)])
+
+
+@pytest.mark.parametrize("path", list(SHIPPED), ids=lambda p: p.name)
+def test_command_flags_refuse_an_unknown_key_and_a_wrong_type(path, capsys):
+    command = list(SHIPPED[path])
+    key = "trainer.max_epochs" if command == ["train"] else "evaluation.batch_size"
+    assert main([*command, "--config", str(path), f"--{key}=three"]) == 2
+    assert f"command line (--{key}): {key}: Expected a <class 'int'>" in capsys.readouterr().err
+    assert main([*command, "--config", str(path), "--set", f"{key}x=3"]) == 2
+    assert f"{key}x: unknown key" in capsys.readouterr().err
+    # allow_abbrev=False: a prefix of a key is not taken for the key
+    assert main([*command, "--config", str(path), f"--{key[:-2]}=3"]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train"], ["benchmark", "quality"]], ids=" ".join)
+def test_print_config_prints_the_composed_config(command, capsys):
+    path = next(p for p, c in SHIPPED.items() if list(c) == command)
+    key, section, field = (("seed=7", "seed", None) if command == ["train"]
+                           else ("evaluation.batch_size=7", "evaluation", "batch_size"))
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--config", str(path), "--set", key, "--print_config"])
+    assert stop.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed[section] if field is None else printed[section][field]) == 7
+
+
+def test_benchmark_method_overrides_are_typed_by_their_kind(tmp_path):
+    from recsys.evaluation.benchmark_config import parse_benchmark_config
+
+    base = {"dataset": "x", "data": {"source": "ml-100k"}}
+    with pytest.raises(ConfigError, match=r"methods\[0\] \(s\)\.overrides: hidden_size"):
+        parse_benchmark_config({**base, "methods": [{"name": "s", "kind": "sasrec", "overrides": {"hidden_size": "big"}}]})
+    with pytest.raises(ConfigError, match=r"methods\[0\] \(t\)\.overrides: no_such: unknown key"):
+        parse_benchmark_config({**base, "methods": [{"name": "t", "kind": "tiger", "overrides": {"no_such": 1}}]})
+    with pytest.raises(ConfigError, match=r"methods\[0\] \(r\)\.overrides: model\.attention"):
+        parse_benchmark_config({**base, "setrec": {"base": {"model": {"backbone": "t5"}}},
+                                "methods": [{"name": "r", "kind": "setrec", "overrides": {"model.attention": "dense"}}]})
+    with pytest.raises(ConfigError, match=r"data\.kcore"):
+        parse_benchmark_config({**base, "data": {"source": "ml-100k", "kcore": "five"},
+                                "methods": [{"name": "p", "kind": "popularity"}]})
+    # a string is read as YAML, as on the command line: "no" is false (bool("no") would be true)
+    config = parse_benchmark_config({**base, "evaluation": {"exclude_history": "no"},
+                                     "methods": [{"name": "p", "kind": "popularity"}]})
+    assert config.evaluation.exclude_history is False
