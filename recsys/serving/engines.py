@@ -7,8 +7,8 @@ bundle (a parity test holds them to it):
 - :class:`TorchEngine`: the bundle's :class:`~recsys.models.setrec.SetRecModel` (T5 or
   Qwen2), batched, no grad. ``cached_tokens=False`` runs ``model.query_vectors`` itself (the
   reference); the default gathers history tokens from the cached table and, for the sparse
-  Qwen model, runs the last layer for the query rows only (:func:`qwen_query_states`); a test
-  holds the two equal.
+  Qwen model, runs the last layer for the query rows only (``model.fast_query_states``); tests
+  hold the two equal.
 - :class:`VllmEngine`: the Qwen2 backbone as the out-of-tree vLLM pooling model of
   :mod:`recsys.serving.vllm_plugin`. Each user becomes one request whose prompt
   embeddings are the agreed layout ``[prompt][items][response][queries]``; vLLM batches the
@@ -76,7 +76,7 @@ class ItemTokens:
         if count > self.table.shape[0]:
             new = torch.arange(self.table.shape[0], count, device=self.table.device)
             with torch.no_grad():
-                rows = self.model._select(self.model.item_encoder(new)).detach()
+                rows = self.model.encode_items(new).detach()
             self.table = torch.cat([self.table, rows.to(self.table)])
 
     def history(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,61 +90,6 @@ class ItemTokens:
         valid = items >= 0
         tokens = self.table[items.clamp(min=0)]
         return tokens * valid[..., None, None], valid
-
-
-def qwen_query_states(model, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``model.forward_tokens(tokens, valid).query_states`` for a Qwen2 sparse simultaneous model, cheaper.
-
-    Every layer but the last runs as in the model; the last one computes attention and the
-    MLP for the K query rows only (their keys and values still come from every token):
-    nothing reads the other rows' final outputs. Same inputs, layout, mask and weights as the
-    reference, so the result is equal up to float rounding (tested).
-
-    Args:
-        model: a :class:`~recsys.models.setrec.SetRecModel` with ``backbone="qwen"``.
-        tokens: (B, L, K, d) history tokens; valid: (B, L) bool, left-padded.
-    """
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, eager_attention_forward
-
-    from recsys.models.masks import build_layout
-
-    batch, length, k, d = tokens.shape
-    config = model.config
-    queries = model.queries.unsqueeze(0).expand(batch, -1, -1)
-    layout = build_layout(valid, k, config.num_prompt_tokens, config.num_response_tokens, k, model.spec)
-    source = torch.cat(
-        [
-            tokens.new_zeros(batch, 1, d),
-            model.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
-            tokens.reshape(batch, length * k, d),
-            model.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
-            queries.to(tokens.dtype),
-        ],
-        dim=1,
-    )
-    x = source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d))
-    mask = model._attention_mask(layout, x.dtype)
-    core = model._core()
-    positions = layout.position_ids
-    cos, sin = core.rotary_emb(x, positions)
-    h = x
-    for layer in core.layers[:-1]:
-        h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=positions)
-    last = core.layers[-1]
-    attention = last.self_attn
-    normed = last.input_layernorm(h)
-    head = attention.head_dim
-    q = attention.q_proj(normed[:, -k:]).view(batch, k, -1, head).transpose(1, 2)
-    key = attention.k_proj(normed).view(batch, h.shape[1], -1, head).transpose(1, 2)
-    value = attention.v_proj(normed).view(batch, h.shape[1], -1, head).transpose(1, 2)
-    q, _ = apply_rotary_pos_emb(q, q, cos[:, -k:], sin[:, -k:])
-    key, _ = apply_rotary_pos_emb(key, key, cos, sin)
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(core.config._attn_implementation, eager_attention_forward)
-    out, _ = interface(attention, q, key, value, mask[:, :, -k:, :], dropout=0.0, scaling=attention.scaling)
-    states = h[:, -k:] + attention.o_proj(out.reshape(batch, k, -1).contiguous())
-    states = states + last.mlp(last.post_attention_layernorm(states))
-    return core.norm(states)
 
 
 def _truncate(histories: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
@@ -170,10 +115,7 @@ class TorchEngine:
         self.batch_size = batch_size
         # The cached table is the fast path of the simultaneous model; the reference is model.query_vectors.
         self.tokens = ItemTokens(model) if cached_tokens and model.config.generation == "simultaneous" else None
-        self.last_layer_queries_only = (
-            self.tokens is not None and model.config.backbone == "qwen" and model.config.attention == "sparse"
-            and model.config.attn_implementation in ("sdpa", "eager") and model.config.token_set == "all"
-        )
+        self.last_layer_queries_only = self.tokens is not None and model.has_fast_queries
         self.weights = model.dimension_weights(self.beta).to(model.prompt.device)
 
     @torch.inference_mode()
@@ -188,10 +130,7 @@ class TorchEngine:
                 vectors = self.model.query_vectors(padded, self.beta)
             else:
                 tokens, valid = self.tokens.history(padded)
-                if self.last_layer_queries_only:
-                    states = qwen_query_states(self.model, tokens, valid)
-                else:
-                    states = self.model.forward_tokens(tokens, valid).query_states
+                states = self.model.fast_query_states(tokens, valid)
                 vectors = (states * self.weights.to(states)[None, :, None]).flatten(1)
             parts.append(vectors.float().cpu())
         return torch.cat(parts).numpy()
@@ -268,7 +207,7 @@ class VllmEngine:
         self._own_dir = self.config.workdir is None
         workdir = Path(self.config.workdir or tempfile.mkdtemp(prefix="setrec-vllm-"))
         max_model_len = self.layout.length(self.max_len)
-        export_backbone(model._core(), self.layout, workdir, max_positions=max(max_model_len, 16))
+        export_backbone(model.transformer(), self.layout, workdir, max_positions=max(max_model_len, 16))
         self.workdir = workdir
         self.llm = _start_llm(workdir, max_model_len, self.config)
         from vllm import PoolingParams
