@@ -106,7 +106,7 @@ class SetRecConfig:
     """Local directory of a pretrained checkpoint (``from_pretrained``, never a hub download); overrides ``preset``."""
     num_semantic_tokens: int = 4
     """N, semantic tokens per item (the item has N + 1 tokens)."""
-    semantic_tokens: str = "projection"
+    semantic_tokens: Literal["projection", "residual", "autoencoder"] = "projection"
     """How an item's text becomes its semantic tokens (``recsys.tokenizers.identifiers``): ``projection``
     (a fixed orthonormal map of the text embedding times a learnt gain: keeps the text geometry, so cold
     items are reachable), ``residual`` (projection plus a zero-initialised autoencoder correction) or
@@ -117,7 +117,7 @@ class SetRecConfig:
     """R, learnable response tokens after the history."""
     attention: Literal["sparse", "full"] = "sparse"
     """``sparse`` (siblings hidden, shared positions) or ``full`` (ablation)."""
-    encoder_attention: str = "causal"
+    encoder_attention: Literal["causal", "bidirectional"] = "causal"
     """T5 only: ``causal`` (an item's tokens see earlier items only, as in the decoder-only backbone, so
     one encoder pass serves every prefix of a window: all-prefix training, ARCHITECTURE.md 3.3; inference
     uses the same causal encoder, so training and serving see the same states) or ``bidirectional``

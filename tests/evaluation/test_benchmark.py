@@ -41,7 +41,7 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
 
     config = load_benchmark_config(REPO / "configs" / name)
     kinds = [m.kind for m in config.methods]
-    assert kinds.count("setrec") == 6 and {"popularity", "sasrec", "tiger", "text"} <= set(kinds)
+    assert kinds.count("setrec") == 5 and {"popularity", "sasrec", "tiger", "text"} <= set(kinds)
     assert len(config.seeds) == 3 and config.reference == "setrec" and config.beam_method == "tiger"
     assert config.tiger["beam_size"] == 20
     model = config.setrec.base["model"]
