@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,17 @@ class SASRecConfig:
     """DataLoader worker processes (0 = load in the training process)."""
     accelerator: str = "auto"
     """Lightning accelerator: "auto", "cpu", "gpu"."""
+    align: Literal["none", "con", "gen"] = "none"
+    """RLMRec cross-view alignment of CF and text (Ren et al., WWW 2024; ``recsys.models.rlmrec``), an
+    auxiliary loss: "con" (RLMRec-Con, InfoNCE between CF and MLP-projected text representations),
+    "gen" (RLMRec-Gen, reconstruct the text representation from masked CF representations), "none"
+    (plain SASRec; the only setting that needs no text embeddings)."""
+    align_weight: float = 0.1
+    """Weight of the alignment loss next to the cross-entropy (RLMRec's kd_weight / recon_weight)."""
+    align_temperature: float = 0.2
+    """InfoNCE temperature of the alignment (RLMRec's kd_temperature / re_temperature, 0.2 in its configs)."""
+    align_mask_ratio: float = 0.1
+    """"gen" only: share of history positions whose input embedding is replaced by a learnt mask vector."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -113,6 +124,10 @@ class SASRecConfig:
             "patience": self.patience > 0,
             "train_samples": self.train_samples in ("prefixes", "windows"),
             "window_stride": self.window_stride > 0,
+            "align": self.align in ("none", "con", "gen"),
+            "align_weight": self.align_weight >= 0,
+            "align_temperature": self.align_temperature > 0,
+            "align_mask_ratio": 0.0 <= self.align_mask_ratio < 1.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -120,7 +135,8 @@ class SASRecConfig:
                 f"SASRecConfig: invalid value of {', '.join(bad)} "
                 f"({', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}); "
                 "sizes must be positive, num_heads must divide hidden_size, dropouts lie in [0, 1), "
-                "train_samples is 'prefixes' or 'windows', window_stride > 0"
+                "train_samples is 'prefixes' or 'windows', window_stride > 0, align is 'none', 'con' or 'gen', "
+                "align_weight >= 0, align_temperature > 0, align_mask_ratio in [0, 1)"
             )
 
 
@@ -227,18 +243,30 @@ class SASRec(nn.Module):
                 out[row, width - len(items) :] = torch.as_tensor(items, dtype=torch.long)
         return out
 
-    def forward(self, histories: torch.Tensor) -> torch.Tensor:
+    def forward(self, histories: torch.Tensor, masked: torch.Tensor | None = None,
+                mask_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state after every position: (B, L) left-padded item indices -> (B, L, hidden).
 
         Position t only sees positions <= t (causal); padding is never attended to. Rows
         must be left-padded (padding only before the first real item).
+
+        Args:
+            histories: (B, L) item indices, -1 padding.
+            masked: optional (B, L) bool: inputs replaced by ``mask_embedding`` (RLMRec-Gen's
+                masking, ``recsys.models.rlmrec``); None in plain training and inference.
+            mask_embedding: (hidden,) the vector masked inputs get.
         """
         if histories.shape[1] > self.config.max_len:
+            if masked is not None:
+                masked = masked[:, -self.config.max_len :]
             histories = histories[:, -self.config.max_len :]
         tokens = histories + 1  # PAD (-1) -> 0, item i -> i + 1
         length = tokens.shape[1]
         positions = ((tokens != 0).cumsum(dim=1) - 1).clamp(min=0)  # 0 = oldest real item of the row
-        x = self.item_embedding(tokens) + self.position_embedding(positions)
+        items = self.item_embedding(tokens)
+        if masked is not None:
+            items = torch.where(masked.unsqueeze(-1), mask_embedding.to(items), items)
+        x = items + self.position_embedding(positions)
         x = self.embed_dropout(self.embed_norm(x))
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
         # Every query sees itself so that all-padding rows stay finite; padding keys are hidden otherwise.

@@ -241,24 +241,77 @@ def sasrec_loss(model: SASRec, histories: torch.Tensor, targets: torch.Tensor) -
     return F.cross_entropy(model.logits(hidden[scored]), targets[scored])
 
 
+def aligned_sasrec_loss(model: SASRec, alignment, histories: torch.Tensor, targets: torch.Tensor,
+                        weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy plus ``weight`` times the RLMRec alignment loss (``recsys.models.rlmrec``), one forward pass.
+
+    Users are the hidden states at the scored positions (the last position for :class:`PrefixBatches`);
+    items are every history item and target of the batch. With RLMRec-Gen the masked inputs
+    (``alignment.input_mask``) are masked in the same pass the cross-entropy reads, as in RLMRec's code.
+
+    Args:
+        model: the SASRec model.
+        alignment: a :class:`recsys.models.rlmrec.CFTextAlignment`.
+        histories: (B, W) left-padded items.
+        targets: (B,) or (B, W), as in :func:`sasrec_loss`.
+        weight: the alignment weight (``SASRecConfig.align_weight``).
+
+    Returns:
+        (total loss, cross-entropy, alignment loss), scalars.
+    """
+    masked = alignment.input_mask(histories)
+    hidden = model(histories, masked, getattr(alignment, "mask_embedding", None))
+    if targets.ndim == 1:
+        scored = torch.zeros(histories.shape, dtype=torch.bool, device=histories.device)
+        scored[:, -1] = True
+        flat_targets = targets
+    else:
+        scored = targets >= 0
+        flat_targets = targets[scored]
+    ce = F.cross_entropy(model.logits(hidden[scored]), flat_targets)
+    items = torch.cat([histories.reshape(-1), targets.reshape(-1)])
+    align = alignment.loss(model.item_embeddings(), histories, hidden, scored, items, masked)
+    return ce + weight * align, ce, align
+
+
 class SASRecModule(L.LightningModule):
     """Lightning wrapper: full-softmax cross-entropy training, full-ranking validation.
 
     Args:
         num_items: catalogue size.
         config: SASRec settings.
+        text_embeddings: (num_items, dz) item text embeddings; required when ``config.align`` is not
+            "none" (the RLMRec alignment head, :class:`recsys.models.rlmrec.CFTextAlignment`), unused otherwise.
     """
 
-    def __init__(self, num_items: int, config: SASRecConfig) -> None:
+    def __init__(self, num_items: int, config: SASRecConfig, text_embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config
         self.model = SASRec(num_items, config)
+        self.alignment = None
+        if config.align != "none":
+            from recsys.models.rlmrec import CFTextAlignment
+
+            if text_embeddings is None:
+                raise ConfigError(f"SASRecConfig.align={config.align!r} needs the item text embeddings "
+                                  "(`recsys tokenize cf --semantic DIR`); align 'none' needs none")
+            if text_embeddings.shape[0] != num_items:
+                raise ConfigError(f"SASRecConfig.align: text embeddings have {text_embeddings.shape[0]} rows, "
+                                  f"the catalogue {num_items} items; build both from the same prepared dataset")
+            self.alignment = CFTextAlignment(text_embeddings, config.hidden_size, config.align, config.align_temperature,
+                                             config.align_mask_ratio)
         self._ranks: list[torch.Tensor] = []
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         histories, targets = batch
-        loss = sasrec_loss(self.model, histories, targets)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int((targets >= 0).sum()))
+        size = int((targets >= 0).sum())
+        if self.alignment is None:
+            loss = sasrec_loss(self.model, histories, targets)
+        else:
+            loss, ce, align = aligned_sasrec_loss(self.model, self.alignment, histories, targets, self.config.align_weight)
+            self.log("train/ce", ce, on_step=False, on_epoch=True, batch_size=size)
+            self.log("train/align", align, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -376,6 +429,7 @@ def fit_sasrec(
     log_to_mlflow: bool = True,
     experiment: str = "sasrec",
     run_name: str | None = None,
+    text_embeddings: torch.Tensor | None = None,
 ) -> SASRecFitResult:
     """Train SASRec on the train split, keep the best epoch on validation NDCG@10, test it.
 
@@ -387,13 +441,16 @@ def fit_sasrec(
             (store from ``MLFLOW_TRACKING_URI``).
         experiment: MLflow experiment name.
         run_name: MLflow run name (default ``sasrec-<dataset folder>``).
+        text_embeddings: (num_items, dz) item text embeddings (``recsys.tokenizers.semantic.load_text_embeddings``);
+            required when ``config.align`` is "con" or "gen" (RLMRec), not read otherwise.
 
     Example:
         >>> result = fit_sasrec(PreparedDataset.load("data/ml-100k"), SASRecConfig(max_epochs=5), log_to_mlflow=False)
+        >>> fit_sasrec(data, SASRecConfig(align="con"), log_to_mlflow=False, text_embeddings=load_text_embeddings(d, n))
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = SASRecDataModule(data, config)
-    module = SASRecModule(data.num_items, config)
+    module = SASRecModule(data.num_items, config, text_embeddings if config.align != "none" else None)
     best, timer = BestWeights(), EpochTimer()
     logger = False
     if log_to_mlflow:
