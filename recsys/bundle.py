@@ -440,6 +440,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
         missing, unexpected = load_model(model, str(path / MODEL), strict=False, device=str(device))
     except Exception as error:  # safetensors raises several types for corrupt files
         raise ArtifactError(f"{path / MODEL} could not be loaded into the model ({_one_line(error)}); re-export the bundle") from error
+    # bundles written before issue 13 lack the item encoder's predicted-CF flags and text->CF map:
+    # they load as "no predicted row, no map" (the zero-vector rule they were trained with)
+    optional = {f"item_encoder.{key}" for key in type(encoder).OPTIONAL_STATE}
+    missing = [key for key in missing if key not in optional]
     if missing or unexpected:
         raise ArtifactError(f"{path / MODEL} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     model.to(device).eval()

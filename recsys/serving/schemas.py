@@ -108,7 +108,9 @@ class ItemInfo(BaseModel):
     id: str
     index: int = Field(..., description="Row of the item in the token table.")
     title: str | None = None
-    has_cf: bool = Field(..., description="False for items without training interactions (CF token = the unseen-item rule).")
+    has_cf: bool = Field(..., description="False for items without training interactions.")
+    cf_predicted: bool = Field(False, description="True when the item's CF embedding was predicted from its text (no training interaction; "
+                                                  "a bundle without a text->CF map gives such items the zero vector instead).")
     added: bool = Field(..., description="True for items added at runtime.")
     available: bool = Field(True, description="False for items removed with DELETE /v1/items/{id}: never recommended, still valid in histories.")
 

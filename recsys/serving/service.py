@@ -279,7 +279,7 @@ class Recommender:
         return item_id in self._row
 
     def item(self, item_id: str) -> dict:
-        """Catalogue entry of ``item_id``: id, index, title, has_cf, added, available.
+        """Catalogue entry of ``item_id``: id, index, title, has_cf, cf_predicted, added, available.
 
         Raises:
             UnknownItemError: the id is not in the catalogue.
@@ -289,8 +289,9 @@ class Recommender:
             if row is None:
                 raise UnknownItemError(f"item {item_id!r} is not in the catalogue; add it with POST /v1/items")
             has_cf = bool(self.model.item_encoder.has_cf[row])
+            predicted = bool(self.model.item_encoder.cf_predicted[row])
             return {
-                "id": item_id, "index": row, "title": self._titles[row], "has_cf": has_cf,
+                "id": item_id, "index": row, "title": self._titles[row], "has_cf": has_cf, "cf_predicted": predicted,
                 "added": self._added[row], "available": row not in self._unavailable,
             }
 
@@ -429,8 +430,9 @@ class Recommender:
         """Append items from their text embeddings to the model and the index; returns their rows.
 
         Holds the reader lock only for the append (the item encoder on the new rows and one index
-        add). Semantic tokens come from the bundle's autoencoder; the CF token follows the
-        unseen-item rule (zero CF embedding, so the projection bias).
+        add). Semantic tokens come from the bundle's item encoder; the CF embedding is predicted from
+        the text by the bundle's text->CF map (fitted on warm items at training), or is the zero
+        vector for bundles without one (the projection bias as CF token).
 
         Raises:
             DuplicateItemError: an id exists (nothing is appended).

@@ -6,15 +6,24 @@ embedding ``e_i``. This module makes those embeddings and stores them as an arti
     recsys tokenize cf --data data/ml-100k --out artifacts/ml-100k/cf [--epochs 200 --dim 64]
     recsys tokenize cf --data data/ml-100k --out artifacts/ml-100k/cf --import emb.parquet
 
+    recsys tokenize cf --data D --out O --semantic S [--align con|gen|none]   # RLMRec, predicted cold rows
+
 The folder holds ``cf_embeddings.safetensors`` with tensors ``embeddings`` float32
-(num_items, cf_dim) (row = item_idx) and ``has_cf`` uint8 (num_items,), plus
-``manifest.json`` (source, config, metrics, dataset fingerprint, sha256 of every file).
-A trained folder also keeps the SASRec model in ``sasrec/`` (reusable as the baseline).
+(num_items, cf_dim) (row = item_idx), ``has_cf`` uint8 (num_items,) (1 = the item has a train
+interaction) and ``predicted`` uint8 (num_items,), plus ``manifest.json`` (source, config,
+metrics, dataset fingerprint, sha256 of every file). A trained folder also keeps the SASRec
+model in ``sasrec/`` (reusable as the baseline).
 
 The unseen-item rule: an item without a train interaction (or, for an import, without a
-vector in the file) gets the zero vector and ``has_cf = 0``; never the leftover random
-initialisation of its embedding row. :func:`load_cf_embeddings` verifies the checksum
-and the rule before returning anything.
+vector in the file) has ``has_cf = 0``; never the leftover random initialisation of its
+embedding row. Given the text embeddings (``--semantic``), its row is a CF embedding
+predicted from its text by a map fitted on warm items only (:mod:`recsys.tokenizers.text_to_cf`,
+ARCHITECTURE.md 3.1), flagged ``predicted = 1``, and the map is stored too
+(``text_to_cf_weight`` (dz, cf_dim), ``text_to_cf_bias`` (cf_dim,)); without them the row is
+the zero vector (``predicted = 0``). Folders written before ``predicted`` existed load as all
+zero. :func:`load_cf_artifact` returns everything; :func:`load_cf_embeddings` (the older
+interface) returns the embeddings with only the rows of items with a train interaction.
+Both verify the checksum and the rule before returning anything.
 
 Imports accept ``.npy`` (a 2-D float array, rows in item_idx order), ``.safetensors``
 (tensor ``embeddings``, or the only tensor, rows in item_idx order; an optional
@@ -84,16 +93,22 @@ def write_cf_embeddings(
     data,
     info: dict,
     sasrec=None,
+    text_to_cf=None,
+    text: torch.Tensor | None = None,
 ) -> Path:
     """Write the artifact atomically (the whole folder is swapped in at the end).
 
     Args:
         out_dir: target folder (replaced when it already holds CF embeddings).
-        embeddings: (num_items, dim) vectors; rows with ``has_cf`` False are written as zeros.
-        has_cf: (num_items,) bool.
+        embeddings: (num_items, dim) vectors; rows with ``has_cf`` False are written as zeros,
+            or as predicted from text when ``text_to_cf`` is given.
+        has_cf: (num_items,) bool, True for items with a train interaction.
         data: the prepared dataset they belong to (fingerprint and item count).
         info: extra manifest fields (``source``, ``config``, ``metrics``, ``counts``, ...).
         sasrec: optional ``(model, config)`` saved under ``sasrec/``.
+        text_to_cf: optional :class:`~recsys.tokenizers.text_to_cf.TextToCF` fitted on warm items;
+            with ``text`` it fills every row with ``has_cf`` False (``predicted = 1``) and is stored.
+        text: (num_items, dz) text embeddings, required with ``text_to_cf``.
 
     Example:
         >>> write_cf_embeddings("out/cf", torch.zeros(4, 8), torch.zeros(4, dtype=torch.bool), data, {"source": "test"})
@@ -108,12 +123,22 @@ def write_cf_embeddings(
             f"{data.num_items} items of {data.root}"
         )
     vectors = apply_unseen_rule(embeddings, has_cf)
+    predicted = torch.zeros(data.num_items, dtype=torch.bool)
+    extra_tensors: dict[str, torch.Tensor] = {}
+    if text_to_cf is not None:
+        if text is None or text.shape[0] != data.num_items:
+            raise ArtifactError(f"predicting cold CF rows needs the text embeddings of all {data.num_items} items")
+        predicted = ~has_cf.bool().cpu()
+        vectors[predicted] = text_to_cf.predict(text[predicted].float().cpu()).float()
+        extra_tensors = text_to_cf.tensors()
     if not torch.isfinite(vectors).all():
         bad = torch.nonzero(~torch.isfinite(vectors).all(dim=1)).flatten()[:5].tolist()
         raise ArtifactError(f"CF embeddings contain NaN or infinite values (item_idx {bad}...); nothing was written")
     flags = has_cf.bool().cpu().to(torch.uint8)
     with atomic_directory(out_dir) as tmp:
-        save_file({"embeddings": vectors.contiguous(), "has_cf": flags.contiguous()}, str(tmp / EMBEDDINGS_FILE), metadata={"format": "setrec-cf-v1"})
+        save_file({"embeddings": vectors.contiguous(), "has_cf": flags.contiguous(),
+                   "predicted": predicted.to(torch.uint8).contiguous(), **extra_tensors},
+                  str(tmp / EMBEDDINGS_FILE), metadata={"format": "setrec-cf-v1"})
         files = {EMBEDDINGS_FILE: {"sha256": sha256_file(tmp / EMBEDDINGS_FILE)}}
         if sasrec is not None:
             from recsys.training.sasrec import save_sasrec
@@ -128,9 +153,12 @@ def write_cf_embeddings(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "dataset": {"path": str(Path(data.root).resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
             "shape": list(vectors.shape),
-            "unseen_item_rule": "zero vector, has_cf = 0",
+            "unseen_item_rule": ("predicted from text by a map fitted on items with a train interaction, has_cf = 0, predicted = 1"
+                                 if text_to_cf is not None else "zero vector, has_cf = 0"),
+            **({"text_to_cf": text_to_cf.stats} if text_to_cf is not None else {}),
             **info,
-            "counts": {"items": data.num_items, "has_cf": int(flags.sum()), "no_cf": int(data.num_items - flags.sum()), **info.get("counts", {})},
+            "counts": {"items": data.num_items, "has_cf": int(flags.sum()), "no_cf": int(data.num_items - flags.sum()),
+                       "predicted": int(predicted.sum()), **info.get("counts", {})},
             "files": files,
         }
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
@@ -145,8 +173,29 @@ def cf_manifest(directory: str | Path) -> dict:
     return manifest
 
 
+@dataclasses.dataclass
+class CFArtifact:
+    """Everything a CF-embeddings folder holds (:func:`load_cf_artifact`).
+
+    Attributes:
+        embeddings: (num_items, dim) float32; rows with ``has_cf`` False are predicted (``predicted``) or zero.
+        has_cf: (num_items,) bool, True for items with a train interaction.
+        predicted: (num_items,) bool, True for rows predicted from text (all False in folders
+            written before the flag existed).
+        text_to_cf: the stored :class:`~recsys.tokenizers.text_to_cf.TextToCF`, or None.
+    """
+
+    embeddings: torch.Tensor
+    has_cf: torch.Tensor
+    predicted: torch.Tensor
+    text_to_cf: object | None = None
+
+
 def load_cf_embeddings(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a CF-embeddings folder after verifying its checksum, shapes and the unseen-item rule.
+
+    Rows predicted from text are returned as zero vectors here (the contract of this interface:
+    ``has_cf`` False means a zero row); :func:`load_cf_artifact` returns them.
 
     Args:
         directory: folder written by ``recsys tokenize cf``.
@@ -156,6 +205,16 @@ def load_cf_embeddings(directory: str | Path) -> tuple[torch.Tensor, torch.Tenso
 
     Example:
         >>> embeddings, has_cf = load_cf_embeddings("artifacts/ml-100k/cf")
+    """
+    artifact = load_cf_artifact(directory)
+    return apply_unseen_rule(artifact.embeddings, artifact.has_cf), artifact.has_cf
+
+
+def load_cf_artifact(directory: str | Path) -> CFArtifact:
+    """Read a CF-embeddings folder with its predicted rows and text->CF map (checksum, shapes, rule verified).
+
+    Example:
+        >>> artifact = load_cf_artifact("artifacts/ml-100k/cf"); artifact.predicted.sum()
     """
     directory = Path(directory)
     manifest = cf_manifest(directory)
@@ -175,15 +234,24 @@ def load_cf_embeddings(directory: str | Path) -> tuple[torch.Tensor, torch.Tenso
     if list(embeddings.shape) != list(manifest.get("shape", embeddings.shape)):
         raise ArtifactError(f"{path}: shape {tuple(embeddings.shape)} differs from the manifest's {manifest.get('shape')}")
     has_cf = flags.bool()
-    if embeddings[~has_cf].abs().sum() != 0:
-        raise ArtifactError(f"{path}: rows with has_cf = 0 must be zero vectors; rebuild the CF embeddings")
-    return embeddings, has_cf
+    predicted = tensors["predicted"].bool() if "predicted" in tensors else torch.zeros_like(has_cf)
+    if predicted.shape != has_cf.shape or bool((predicted & has_cf).any()):
+        raise ArtifactError(f"{path}: 'predicted' must be ({has_cf.shape[0]},) and 0 wherever has_cf = 1; rebuild the CF embeddings")
+    if embeddings[~has_cf & ~predicted].abs().sum() != 0:
+        raise ArtifactError(f"{path}: rows with has_cf = 0 and predicted = 0 must be zero vectors; rebuild the CF embeddings")
+    mapping = None
+    if "text_to_cf_weight" in tensors and "text_to_cf_bias" in tensors:
+        from recsys.tokenizers.text_to_cf import TextToCF
+
+        mapping = TextToCF(tensors["text_to_cf_weight"].float(), tensors["text_to_cf_bias"].float(), dict(manifest.get("text_to_cf", {})))
+    return CFArtifact(embeddings, has_cf, predicted, mapping)
 
 
 # --------------------------------------------------------------------------- training
 
 
-def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, log_to_mlflow: bool = True) -> Path:
+def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, log_to_mlflow: bool = True,
+                        semantic_dir: str | Path | None = None) -> Path:
     """Train SASRec on the train split (early stopping on valid NDCG@10) and write its item embeddings.
 
     Args:
@@ -191,6 +259,10 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
         out_dir: output folder (``cf_embeddings.safetensors``, ``manifest.json``, ``sasrec/``).
         config: :class:`recsys.models.sasrec.SASRecConfig` (default: the tuned defaults; ``hidden_size`` is the CF dim).
         log_to_mlflow: log the training run (experiment ``tokenizers``, run ``cf``) with the artifact.
+        semantic_dir: text embeddings (``recsys tokenize semantic``) of the same dataset. Required
+            when ``config.align`` is "con" or "gen" (RLMRec); when given, every item without a train
+            interaction gets a CF embedding predicted from its text by a ridge map fitted on the
+            items with one (:func:`recsys.tokenizers.text_to_cf.fit_text_to_cf`).
 
     Returns:
         ``out_dir``.
@@ -205,9 +277,21 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
     config = config or SASRecConfig()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)  # fail before training, not after
+    if config.align != "none" and semantic_dir is None:
+        raise ConfigError(f"align={config.align!r} (RLMRec) needs the text embeddings: pass --semantic DIR (`recsys tokenize semantic`)")
     data = PreparedDataset.load(data_dir)
-    result = fit_sasrec(data, config, log_to_mlflow=log_to_mlflow, experiment="tokenizers", run_name="cf")
+    text = None
+    if semantic_dir is not None:
+        from recsys.tokenizers.semantic import load_text_embeddings
+
+        text = load_text_embeddings(semantic_dir, num_items=data.num_items)
+    result = fit_sasrec(data, config, log_to_mlflow=log_to_mlflow, experiment="tokenizers", run_name="cf", text_embeddings=text)
     has_cf = torch.from_numpy(data.train_item_mask())
+    mapping = None
+    if text is not None:
+        from recsys.tokenizers.text_to_cf import fit_text_to_cf
+
+        mapping = fit_text_to_cf(text, result.model.item_embeddings().detach(), has_cf, seed=config.seed)
     info = {
         "source": "sasrec",
         "config": dataclasses.asdict(config),
@@ -220,7 +304,12 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
         },
         "mlflow_run_id": result.mlflow_run_id,
     }
-    write_cf_embeddings(out_dir, result.model.item_embeddings(), has_cf, data, info, sasrec=(result.model, config))
+    if semantic_dir is not None:
+        from recsys.tokenizers.semantic import text_embeddings_manifest
+
+        info["semantic"] = {"path": str(Path(semantic_dir).resolve()), "encoder": text_embeddings_manifest(semantic_dir).get("encoder", {})}
+    write_cf_embeddings(out_dir, result.model.item_embeddings(), has_cf, data, info, sasrec=(result.model, config),
+                        text_to_cf=mapping, text=text)
     if log_to_mlflow and result.mlflow_run_id:
         from mlflow.tracking import MlflowClient
 

@@ -2,6 +2,7 @@
 
 Commands:
     recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf [--epochs 200 --dim 64 ...] [--import emb.npy]
+    recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf --semantic art/ml-100k/semantic --align con
     recsys tokenize semantic --data data/ml-100k --out art/ml-100k/semantic [--encoder DIR]
     recsys tokenize ids --data data/ml-100k --semantic art/ml-100k/semantic --out art/ml-100k/ids
     recsys tokenize table --data data/ml-100k --cf art/ml-100k/cf --semantic art/ml-100k/semantic \\
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     sasrec = cf.add_argument_group("SASRec training (default: the SASRecConfig defaults)")
     for flag, field, kind, text in _SASREC_FLAGS:
         sasrec.add_argument(flag, dest=f"sasrec_{field}", type=kind, default=None, help=text, metavar=flag.lstrip("-").upper().replace("-", "_"))
+    cf.add_argument("--semantic", default=None,
+                    help="text embeddings folder (`recsys tokenize semantic`): needed by --align con|gen; with it, items "
+                         "without a train interaction get CF embeddings predicted from their text (map fitted on warm items)")
     cf.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 is fastest on a busy machine)")
     cf.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
     cf.set_defaults(func=run_cf)
@@ -123,6 +127,10 @@ _SASREC_FLAGS = (
     ("--seed", "seed", int, "seed of initialisation and shuffling"),
     ("--train-samples", "train_samples", str, "'windows' (fast path) or 'prefixes' (reference batching)"),
     ("--accelerator", "accelerator", str, "Lightning accelerator (auto, cpu, gpu)"),
+    ("--align", "align", str, "RLMRec CF-text alignment: 'con' (contrastive), 'gen' (generative) or 'none' (default)"),
+    ("--align-weight", "align_weight", float, "weight of the alignment loss"),
+    ("--align-temperature", "align_temperature", float, "InfoNCE temperature of the alignment"),
+    ("--align-mask-ratio", "align_mask_ratio", float, "--align gen: share of history inputs masked"),
 )
 
 
@@ -147,6 +155,8 @@ def run_cf(args: argparse.Namespace) -> int:
     if args.import_path:
         if given:
             raise ConfigError(f"--import takes no SASRec training flags (got {', '.join(sorted(given))})")
+        if args.semantic:
+            raise ConfigError("--import takes no --semantic: the set-identifier job predicts cold rows from text itself")
         if args.no_mlflow:
             out = import_cf_embeddings(args.import_path, args.data, args.out)
         else:
@@ -158,10 +168,16 @@ def run_cf(args: argparse.Namespace) -> int:
                 mlflow.log_metrics({k: float(v) for k, v in counts.items() if isinstance(v, (int, float))})
                 mlflow.log_artifact(str(Path(out) / "manifest.json"))
     else:
-        out = train_cf_embeddings(args.data, args.out, config, log_to_mlflow=not args.no_mlflow)
+        out = train_cf_embeddings(args.data, args.out, config, log_to_mlflow=not args.no_mlflow, semantic_dir=args.semantic)
     manifest = cf_manifest(out)
     counts = manifest["counts"]
-    print(f"CF embeddings {tuple(manifest['shape'])} -> {out} ({counts['has_cf']} items with CF, {counts['no_cf']} zero vectors by the unseen-item rule)")
+    predicted = counts.get("predicted", 0)
+    print(f"CF embeddings {tuple(manifest['shape'])} -> {out} ({counts['has_cf']} items with CF, "
+          f"{predicted} predicted from text, {counts['no_cf'] - predicted} zero vectors by the unseen-item rule)")
+    if "text_to_cf" in manifest:
+        fit = manifest["text_to_cf"]
+        print(f"text->CF map ({fit['method']}, lambda {fit['lambda']:.4g}) fitted on {fit['warm_items']} warm items: "
+              f"{fit['cv_folds']}-fold held-out R^2 {fit['cv_r2']:.3f}, cosine {fit['cv_cosine']:.3f}")
     metrics = manifest.get("metrics")
     if metrics:
         valid, test = metrics["valid"], metrics["test"]

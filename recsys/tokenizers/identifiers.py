@@ -21,13 +21,17 @@ ways (``semantic``, see :data:`SEMANTIC_MODES`):
 :class:`ItemTokenEncoder` holds both frozen embeddings and the trainable parts; the
 recommender owns one and trains it jointly.
 
-Unseen-item rule: an item without a train interaction has no CF signal. Its CF
-embedding is the zero vector (flagged ``has_cf = False``), so its CF token is the
+Unseen-item rule: an item without a train interaction has no CF signal (``has_cf = False``).
+When the encoder holds a text->CF map (fitted on warm items only,
+:mod:`recsys.tokenizers.text_to_cf`; ARCHITECTURE.md 3.1) its CF embedding is predicted from its
+text and flagged ``cf_predicted = True``, for catalogue items and for items added later
+(:meth:`ItemTokenEncoder.add_items`, the service's ``POST /v1/items``). Without a map (older
+tables and bundles, or ``cold_cf: zero``) it is the zero vector, so its CF token is the
 projection bias ``b`` and the item is told apart by its semantic tokens alone.
 
 The table is also an artifact of its own (:class:`ItemTokenTable`): a folder with
 ``item_tokens.safetensors`` (tensor ``tokens``, (num_items, N+1, d)), ``items.parquet``
-(the item map: item_idx, item_id, has_cf, added, text), ``item_encoder.safetensors`` (the
+(the item map: item_idx, item_id, has_cf, added, text, cf_predicted), ``item_encoder.safetensors`` (the
 projection and autoencoder that made it, so new items can be added later) and
 ``manifest.json`` with checksums; written atomically, verified on load. New items join
 from text alone (:func:`add_items_from_text`); :func:`health_report` checks a table.
@@ -71,6 +75,8 @@ from recsys.tokenizers.semantic import AutoencoderPretrainConfig, SemanticAutoen
 
 
 SEMANTIC_MODES = ("projection", "residual", "autoencoder")
+#: CF embeddings of items without a train interaction (:func:`build_item_encoder`).
+COLD_CF_MODES = ("predicted", "zero")
 
 
 class ItemTokenEncoder(nn.Module):
@@ -85,7 +91,15 @@ class ItemTokenEncoder(nn.Module):
         semantic: how semantic tokens are made: ``projection``, ``residual`` or ``autoencoder``
             (module docstring). The text map starts from all rows of ``text_embeddings``;
             :meth:`fit_text_projection` refits it (the training job: train items only).
+        cf_predicted: optional (num_items,) bool, rows (all with ``has_cf`` False) whose CF embedding
+            in ``cf_embeddings`` was predicted from text and is kept; other rows without CF are zeroed.
+        text_to_cf: optional :class:`~recsys.tokenizers.text_to_cf.TextToCF` (fitted on warm items
+            only), stored in the state (buffers ``text_to_cf_weight``, ``text_to_cf_bias``) so
+            :meth:`add_items` predicts new items' CF embeddings and bundles carry it.
     """
+
+    #: State keys older tables and bundles lack; loading fills them with "no prediction, no map".
+    OPTIONAL_STATE = ("cf_predicted", "text_to_cf_weight", "text_to_cf_bias", "has_text_to_cf")
 
     def __init__(
         self,
@@ -95,6 +109,8 @@ class ItemTokenEncoder(nn.Module):
         num_semantic_tokens: int,
         token_dim: int,
         semantic: str = "projection",
+        cf_predicted: torch.Tensor | None = None,
+        text_to_cf=None,
     ) -> None:
         super().__init__()
         if cf_embeddings.ndim != 2 or text_embeddings.ndim != 2:
@@ -106,11 +122,26 @@ class ItemTokenEncoder(nn.Module):
                 f"item counts differ: cf {cf_embeddings.shape[0]}, text {text_embeddings.shape[0]}, "
                 f"has_cf {tuple(has_cf.shape)}; build both from the same prepared dataset"
             )
+        predicted = torch.zeros_like(has_cf, dtype=torch.bool) if cf_predicted is None else cf_predicted.bool().clone()
+        if predicted.shape != has_cf.shape or bool((predicted & has_cf.bool()).any()):
+            raise ArtifactError(f"cf_predicted must be ({has_cf.shape[0]},) bool and False wherever has_cf is True")
         cf = cf_embeddings.float().clone()
-        cf[~has_cf.bool()] = 0.0  # the unseen-item rule, whatever the source wrote there
+        cf[~has_cf.bool() & ~predicted] = 0.0  # the unseen-item rule, whatever the source wrote there
         self.register_buffer("cf_embeddings", cf)
         self.register_buffer("has_cf", has_cf.bool().clone())
+        self.register_buffer("cf_predicted", predicted)
         self.register_buffer("text_embeddings", text_embeddings.float().clone())
+        dz, cf_dim = text_embeddings.shape[1], cf.shape[1]
+        self.register_buffer("text_to_cf_weight", torch.zeros(dz, cf_dim))
+        self.register_buffer("text_to_cf_bias", torch.zeros(cf_dim))
+        self.register_buffer("has_text_to_cf", torch.tensor(False))
+        if text_to_cf is not None:
+            if tuple(text_to_cf.weight.shape) != (dz, cf_dim):
+                raise ArtifactError(f"text->CF map is {tuple(text_to_cf.weight.shape)}, the encoder reads {dz}-d text and "
+                                    f"{cf_dim}-d CF embeddings; fit it on the same artifacts")
+            self.text_to_cf_weight.copy_(text_to_cf.weight)
+            self.text_to_cf_bias.copy_(text_to_cf.bias)
+            self.has_text_to_cf.fill_(True)
         self.num_semantic_tokens = num_semantic_tokens
         self.token_dim = token_dim
         if semantic not in SEMANTIC_MODES:
@@ -216,8 +247,9 @@ class ItemTokenEncoder(nn.Module):
     def add_items(self, text_embeddings: torch.Tensor, cf_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Append items; returns their new indices (num_items, num_items + 1, ...).
 
-        Without ``cf_embeddings`` the new items follow the unseen-item rule: zero CF
-        embedding, ``has_cf = False``, so their CF token is the projection bias.
+        Without ``cf_embeddings`` the new items have ``has_cf = False``; when the encoder holds a
+        text->CF map their CF embedding is predicted from their text (``cf_predicted = True``),
+        else it is the zero vector (the projection bias as CF token).
 
         Args:
             text_embeddings: (B, dz) text embeddings of the new items (same encoder as the rest).
@@ -232,9 +264,14 @@ class ItemTokenEncoder(nn.Module):
                 f"new text embeddings must be (B, {self.text_embeddings.shape[1]}), got {tuple(text.shape)}; "
                 "embed them with the encoder that made the table"
             )
+        predicted = torch.zeros(text.shape[0], dtype=torch.bool, device=self.has_cf.device)
         if cf_embeddings is None:
-            cf = torch.zeros(text.shape[0], self.cf_embeddings.shape[1], dtype=self.cf_embeddings.dtype, device=self.cf_embeddings.device)
             has_cf = torch.zeros(text.shape[0], dtype=torch.bool, device=self.has_cf.device)
+            if bool(self.has_text_to_cf):
+                cf = self.predict_cf(text).to(self.cf_embeddings)
+                predicted[:] = True
+            else:
+                cf = torch.zeros(text.shape[0], self.cf_embeddings.shape[1], dtype=self.cf_embeddings.dtype, device=self.cf_embeddings.device)
         else:
             cf = cf_embeddings.to(self.cf_embeddings)
             if cf.shape != (text.shape[0], self.cf_embeddings.shape[1]):
@@ -243,8 +280,43 @@ class ItemTokenEncoder(nn.Module):
         start = self.num_items
         self.cf_embeddings = torch.cat([self.cf_embeddings, cf])
         self.has_cf = torch.cat([self.has_cf, has_cf])
+        self.cf_predicted = torch.cat([self.cf_predicted, predicted])
         self.text_embeddings = torch.cat([self.text_embeddings, text])
         return torch.arange(start, self.num_items)
+
+    @torch.no_grad()
+    def predict_cf(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, dz) text embeddings -> (B, cf_dim) CF embeddings by the stored text->CF map.
+
+        Raises:
+            ArtifactError: the encoder holds no map.
+        """
+        if not bool(self.has_text_to_cf):
+            raise ArtifactError("this item encoder holds no text->CF map (built before issue 13, or with cold_cf: zero)")
+        return text.to(self.text_to_cf_weight) @ self.text_to_cf_weight + self.text_to_cf_bias
+
+    @classmethod
+    def complete_state(cls, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """``state`` plus defaults for the :data:`OPTIONAL_STATE` keys it lacks (older tables and bundles).
+
+        Defaults: no predicted row, no text->CF map (zeros of the sizes the state's embeddings give).
+
+        Args:
+            state: an encoder state dict, its keys under ``prefix`` (e.g. ``"item_encoder."`` in a model's).
+        """
+        state = dict(state)
+        cf, text = state.get(f"{prefix}cf_embeddings"), state.get(f"{prefix}text_embeddings")
+        if cf is None or text is None:
+            return state
+        defaults = {
+            "cf_predicted": torch.zeros(cf.shape[0], dtype=torch.bool),
+            "text_to_cf_weight": torch.zeros(text.shape[1], cf.shape[1]),
+            "text_to_cf_bias": torch.zeros(cf.shape[1]),
+            "has_text_to_cf": torch.tensor(False),
+        }
+        for key, value in defaults.items():
+            state.setdefault(f"{prefix}{key}", value)
+        return state
 
     def hyperparameters(self) -> dict[str, int]:
         """Sizes needed to rebuild this module from its state dict."""
@@ -268,7 +340,9 @@ class ItemTokenEncoder(nn.Module):
         missing = {"cf_embeddings", "has_cf", "text_embeddings"} - set(state)
         if missing:
             raise ArtifactError(f"item encoder state lacks {sorted(missing)}; rebuild the table")
-        module = cls(state["cf_embeddings"], state["has_cf"], state["text_embeddings"], num_semantic_tokens, token_dim, semantic)
+        state = cls.complete_state(state)
+        module = cls(state["cf_embeddings"], state["has_cf"], state["text_embeddings"], num_semantic_tokens, token_dim, semantic,
+                     cf_predicted=state["cf_predicted"])
         try:
             module.load_state_dict(state)
         except RuntimeError as error:
@@ -286,12 +360,18 @@ TOKENS_FILE = "item_tokens.safetensors"
 ITEMS_FILE = "items.parquet"
 ENCODER_FILE = "item_encoder.safetensors"
 MANIFEST_FILE = "manifest.json"
-ITEM_COLUMNS = {"item_idx": pl.Int32, "item_id": pl.String, "has_cf": pl.Boolean, "added": pl.Boolean, "text": pl.String}
+ITEM_COLUMNS = {"item_idx": pl.Int32, "item_id": pl.String, "has_cf": pl.Boolean, "added": pl.Boolean, "text": pl.String,
+                "cf_predicted": pl.Boolean}
+#: Item-map columns older tables lack, with the value they load as.
+OPTIONAL_ITEM_COLUMNS = {"cf_predicted": False}
 
 
-def item_map(item_ids: Sequence[str], has_cf: torch.Tensor, texts: Sequence[str] | None = None, added: bool = False, start: int = 0) -> pl.DataFrame:
-    """The item-map rows of a table: item_idx (from ``start``), item_id, has_cf, added, text."""
+def item_map(item_ids: Sequence[str], has_cf: torch.Tensor, texts: Sequence[str] | None = None, added: bool = False, start: int = 0,
+             cf_predicted: torch.Tensor | None = None) -> pl.DataFrame:
+    """The item-map rows of a table: item_idx (from ``start``), item_id, has_cf, added, text, cf_predicted
+    (True where the CF embedding was predicted from text)."""
     n = len(item_ids)
+    predicted = [False] * n if cf_predicted is None else cf_predicted.bool().cpu().tolist()
     return pl.DataFrame(
         {
             "item_idx": pl.Series(range(start, start + n), dtype=pl.Int32),
@@ -299,6 +379,7 @@ def item_map(item_ids: Sequence[str], has_cf: torch.Tensor, texts: Sequence[str]
             "has_cf": pl.Series(has_cf.bool().cpu().tolist(), dtype=pl.Boolean),
             "added": pl.Series([added] * n, dtype=pl.Boolean),
             "text": pl.Series(list(texts) if texts is not None else [None] * n, dtype=pl.String),
+            "cf_predicted": pl.Series(predicted, dtype=pl.Boolean),
         }
     )
 
@@ -363,7 +444,7 @@ class ItemTokenTable:
             raise ArtifactError(f"{len(item_ids)} item ids for an encoder of {encoder.num_items} items")
         with torch.no_grad():
             tokens = encoder.table().detach().float().cpu()
-        return cls(tokens, item_map(item_ids, encoder.has_cf, texts), dict(info or {}), encoder)
+        return cls(tokens, item_map(item_ids, encoder.has_cf, texts, cf_predicted=encoder.cf_predicted), dict(info or {}), encoder)
 
     def index_of(self, item_ids: Sequence[str]) -> torch.Tensor:
         """item_idx of each id; raises :class:`UnknownItemError` listing ids not in the table."""
@@ -383,8 +464,9 @@ class ItemTokenTable:
     def add_items(self, item_ids: Sequence[str], text_embeddings: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
         """Cold start: append items known only by their text embeddings; returns their item_idx.
 
-        Semantic tokens come from the saved autoencoder; the CF token follows the
-        unseen-item rule (zero CF embedding -> projection bias).
+        Semantic tokens come from the saved encoder; the CF token is predicted from the text when the
+        encoder holds a text->CF map, else it follows the unseen-item rule (zero CF embedding ->
+        projection bias).
         """
         if self.encoder is None:
             raise ArtifactError("this table was saved without its item encoder; rebuild it with `recsys tokenize table`")
@@ -400,7 +482,8 @@ class ItemTokenTable:
         with torch.no_grad():
             new_tokens = self.encoder(new_idx).detach().float().cpu()
         self.tokens = torch.cat([self.tokens, new_tokens])
-        rows = item_map(ids, self.encoder.has_cf[new_idx], texts, added=True, start=self.items.height)
+        rows = item_map(ids, self.encoder.has_cf[new_idx], texts, added=True, start=self.items.height,
+                        cf_predicted=self.encoder.cf_predicted[new_idx])
         self.items = pl.concat([self.items, rows])
         return new_idx
 
@@ -444,6 +527,8 @@ class ItemTokenTable:
             raise ArtifactError(f"{directory / TOKENS_FILE}: expected float32 'tokens' of shape {expected}; rebuild the table")
         verify_checksum(directory / ITEMS_FILE, files.get(ITEMS_FILE, {}).get("sha256"))
         items = pl.read_parquet(directory / ITEMS_FILE)
+        items = items.with_columns(pl.lit(value, dtype=ITEM_COLUMNS[name]).alias(name)
+                                   for name, value in OPTIONAL_ITEM_COLUMNS.items() if name not in items.columns)
         missing = set(ITEM_COLUMNS) - set(items.columns)
         if missing:
             raise ArtifactError(f"{directory / ITEMS_FILE} lacks columns {sorted(missing)}; rebuild the table")
@@ -486,6 +571,7 @@ def build_item_encoder(
     token_dim: int = 64,
     seed: int = 0,
     semantic: str = "projection",
+    cold_cf: str = "predicted",
 ) -> tuple[ItemTokenEncoder, pl.DataFrame]:
     """An untrained :class:`ItemTokenEncoder` over a prepared dataset's CF and text artifacts.
 
@@ -497,6 +583,10 @@ def build_item_encoder(
         seed: initial weights.
         semantic: how semantic tokens are made (:data:`SEMANTIC_MODES`); with a text map it is
             fitted on the texts of items with a train interaction only.
+        cold_cf: CF embeddings of items without a train interaction: ``predicted`` (from their text
+            by a ridge map fitted here on the items with a train interaction and a CF row only,
+            :func:`recsys.tokenizers.text_to_cf.fit_text_to_cf`; the encoder keeps the map for items
+            added later) or ``zero`` (the unseen-item rule before issue 13).
 
     Returns:
         (encoder, items frame of the dataset).
@@ -510,16 +600,29 @@ def build_item_encoder(
 
     if num_semantic_tokens < 1 or token_dim < 1:
         raise ConfigError(f"num_semantic_tokens and token_dim must be >= 1, got {num_semantic_tokens} and {token_dim}")
+    if cold_cf not in COLD_CF_MODES:
+        raise ConfigError(f"cold_cf must be one of {COLD_CF_MODES}, got {cold_cf!r}")
     data = PreparedDataset.load(data_dir)
-    cf, has_cf = load_cf_embeddings(cf_dir)
+    cf, has_cf = load_cf_embeddings(cf_dir)  # rows without a train interaction are zero here
     text = load_text_embeddings(semantic_dir, num_items=data.num_items)
     if cf.shape[0] != data.num_items:
         raise ArtifactError(
             f"{cf_dir} has CF embeddings for {cf.shape[0]} items but {data_dir} has {data.num_items}; "
             "rebuild them from the same prepared dataset"
         )
+    cf, has_cf = torch.as_tensor(cf).clone(), torch.as_tensor(has_cf)
+    predicted, mapping = None, None
+    if cold_cf == "predicted":
+        from recsys.tokenizers.text_to_cf import fit_text_to_cf
+
+        # warm = a train interaction (train split only) and a CF row; valid/test never enter the fit
+        warm = has_cf & torch.from_numpy(data.train_item_mask())
+        mapping = fit_text_to_cf(text, cf, warm, seed=seed)
+        predicted = ~has_cf
+        cf[predicted] = mapping.predict(text[predicted])
     torch.manual_seed(seed)
-    encoder = ItemTokenEncoder(torch.as_tensor(cf), torch.as_tensor(has_cf), text, num_semantic_tokens, token_dim, semantic)
+    encoder = ItemTokenEncoder(cf, has_cf, text, num_semantic_tokens, token_dim, semantic,
+                               cf_predicted=predicted, text_to_cf=mapping)
     if semantic != "autoencoder":
         encoder.fit_text_projection(text[torch.from_numpy(data.train_item_mask())], seed=seed)
     return encoder, data.items

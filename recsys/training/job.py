@@ -146,7 +146,7 @@ def build_model(cfg: TrainJobConfig):
             )
     hidden = backbone_hidden_size(cfg.model)
     encoder, items = build_item_encoder(cfg.data, cfg.cf, cfg.semantic, cfg.model.num_semantic_tokens, hidden, seed=cfg.seed,
-                                        semantic=cfg.model.semantic_tokens)
+                                        semantic=cfg.model.semantic_tokens, cold_cf=cfg.cold_cf)
     return SetRecModel(cfg.model, encoder), items
 
 

@@ -32,6 +32,7 @@ PRECISIONS = typing.get_args(Precision)
 NEGATIVES = typing.get_args(Negatives)
 TrainMode = Literal["all_prefix", "one_prefix"]
 TRAIN_MODES = typing.get_args(TrainMode)
+ColdCF = Literal["predicted", "zero"]
 
 
 @dataclass
@@ -149,6 +150,11 @@ class TrainJobConfig:
     """Keep the semantic autoencoder fixed while the recommender trains: the semantic tokens stay a
     fixed function of the text (``optim.alpha`` then has no effect). Meant with
     ``autoencoder_pretrain_epochs`` > 0."""
+    cold_cf: ColdCF = "predicted"
+    """CF embedding of an item without a train interaction: ``predicted`` from its text by a ridge map
+    fitted on the items with one (ARCHITECTURE.md 3.1, ``recsys.tokenizers.text_to_cf``; the bundle keeps
+    the map, so items added to the service get one too) or ``zero`` (the unseen-item rule before issue 13:
+    its CF token is the projection bias)."""
     seed: int = 0
     """Seeds weights, data order and dropout."""
     out_dir: str = "runs/setrec"

@@ -37,9 +37,13 @@ def test_table_shape_and_identical_texts(artifacts):
     torch.testing.assert_close(table.tokens[0, 1:], table.tokens[6, 1:])
     assert not torch.allclose(table.tokens[0, 0], table.tokens[6, 0])
     assert not torch.allclose(table.tokens[0, 1:], table.tokens[1, 1:])
-    # item 3 has no CF embedding: its CF token is the projection bias
-    torch.testing.assert_close(table.tokens[3, 0], table.encoder.cf_projection.bias.detach())
+    # item 3 has no CF embedding: its CF embedding is predicted from its text (issue 13), not the zero vector
+    encoder = table.encoder
+    predicted = encoder.predict_cf(encoder.text_embeddings[3:4])[0]
+    assert predicted.abs().sum() > 0
+    torch.testing.assert_close(table.tokens[3, 0], encoder.cf_projection(predicted).detach())
     assert table.items["has_cf"].to_list() == [i != 3 for i in range(num_items)]
+    assert table.items["cf_predicted"].to_list() == [i == 3 for i in range(num_items)]
 
 
 def test_new_item_from_text_is_in_the_table_and_scored(artifacts, tmp_path, fresh_minilm, cache_dir):
@@ -53,9 +57,11 @@ def test_new_item_from_text_is_in_the_table_and_scored(artifacts, tmp_path, fres
     assert new_idx.tolist() == [before, before + 1]
     assert loaded.num_items == before + 2 and loaded.index_of(["NEW-1"]).tolist() == [before]
     assert loaded.items.filter(loaded.items["item_id"] == "NEW-1")["has_cf"].to_list() == [False]
-    # a new item with the text of item 1 gets item 1's semantic tokens and the unseen-item CF token
+    # a new item with the text of item 1 gets item 1's semantic tokens and a CF token predicted from that text
     torch.testing.assert_close(loaded.tokens[before + 1, 1:], loaded.tokens[1, 1:], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(loaded.tokens[before + 1, 0], loaded.encoder.cf_projection.bias.detach())
+    predicted = loaded.encoder.predict_cf(loaded.encoder.text_embeddings[1:2])
+    torch.testing.assert_close(loaded.tokens[before + 1, 0], loaded.encoder.cf_projection(predicted)[0].detach(), atol=1e-5, rtol=1e-5)
+    assert loaded.items["cf_predicted"].to_list()[-2:] == [True, True]
     # scored: every query gets a score for the new items, the inner product with their flattened tokens
     queries = torch.randn(4, (N + 1) * D)
     scores = loaded.scores(queries)
