@@ -1,9 +1,18 @@
-"""The one tracking path: MLflow store, metric names, flattened params, tags, the Lightning logger, nested runs.
+"""The one tracking path: MLflow store, metric names, flattened params, tags, the Lightning logger, runs.
+
+Every module that tracks goes through here, never through ``mlflow`` itself:
+
+- Lightning training (SetRec job, SASRec, TIGER): :func:`lightning_logger`;
+- a command's single run (the tokenizers): :func:`start_run`, then :func:`log_metrics` and
+  :func:`log_artifact` (they act on the run it opened);
+- a parent run with nested children (the benchmark): :class:`RunTree`.
 
 The embedded default store is ``sqlite:///mlruns.db`` in the working directory;
 ``MLFLOW_TRACKING_URI`` points elsewhere. MLflow forbids ``@`` in metric names, so every metric
-reaches MLflow through :func:`metric_name` (``valid/ndcg@10`` -> ``valid/ndcg10``); result
-files keep the ``ndcg@10`` keys.
+reaches MLflow through :func:`metric_name` (``valid/ndcg@10`` -> ``valid/ndcg10``), the one
+MLflow name of each metric: code and result files (``result.json``, benchmark JSON,
+``TrainResult.valid_metrics``) keep the ``ndcg@10`` keys, and the Lightning logger renames them
+itself (so Lightning's "MLFlow only allows" warning never fires).
 
 Example:
     >>> configure()
@@ -16,10 +25,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 DEFAULT_ARTIFACT_ROOT = "mlartifacts"
@@ -74,28 +85,131 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
-def lightning_logger(experiment: str, run_name: str | None = None, tags: Mapping[str, str] | None = None):
-    """An ``MLFlowLogger`` on the configured store, tagged with the git commit."""
-    from lightning.pytorch.loggers import MLFlowLogger
+def lightning_logger(
+    experiment: str,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+):
+    """A Lightning ``MLFlowLogger`` on the configured store, tagged with the git commit.
 
+    Metric keys are logged under their :func:`metric_name` (``valid/ndcg@10`` -> ``valid/ndcg10``),
+    so modules keep ``self.log("valid/ndcg@10", ...)`` (what callbacks monitor) and MLflow gets the
+    one safe name without Lightning's rename warning.
+
+    Args:
+        experiment: MLflow experiment name (created when missing).
+        run_name: name of a new run.
+        tags: extra tags (``git_commit`` is always set).
+        run_id: continue this run instead of starting one (a resumed job).
+    """
     experiment_id(experiment)
     all_tags = {"git_commit": git_commit(), **(tags or {})}
-    return MLFlowLogger(
+    return _metric_name_logger()(
         experiment_name=experiment,
         run_name=run_name,
         tracking_uri=tracking_uri(),
         tags=all_tags,
+        run_id=run_id,
     )
 
 
+_METRIC_NAME_LOGGER = None
+
+
+def _metric_name_logger():
+    """The ``MetricNameLogger`` class, made on first use: Lightning is imported only by the modules that
+    train, so ``recsys --help`` stays fast."""
+    global _METRIC_NAME_LOGGER
+    if _METRIC_NAME_LOGGER is None:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        class MetricNameLogger(MLFlowLogger):
+            """``MLFlowLogger`` that logs every metric under its :func:`metric_name`."""
+
+            def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+                super().log_metrics({metric_name(key): value for key, value in metrics.items()}, step)
+
+        MetricNameLogger.__module__, MetricNameLogger.__qualname__ = __name__, "MetricNameLogger"
+        _METRIC_NAME_LOGGER = MetricNameLogger
+    return _METRIC_NAME_LOGGER
+
+
+def __getattr__(name: str):
+    """``recsys.tracking.MetricNameLogger`` (pickling a logger for ``ddp_spawn`` finds the class by this name)."""
+    if name == "MetricNameLogger":
+        return _metric_name_logger()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def metric_name(key: str) -> str:
-    """The MLflow-safe name of a metric key: ``valid/ndcg@10`` -> ``valid/ndcg10`` (MLflow forbids ``@``).
+    """The MLflow name of a metric key: ``valid/ndcg@10`` -> ``valid/ndcg10``.
+
+    MLflow forbids ``@``; every character outside letters, digits and ``_/. -`` is dropped, as
+    Lightning's ``MLFlowLogger`` would (so both give the same name, and no warning fires).
 
     Example:
         >>> metric_name("cold/recall@20")
         'cold/recall20'
     """
-    return key.replace("@", "")
+    return re.sub(r"[^a-zA-Z0-9_/. -]+", "", key)
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``metrics`` under their :func:`metric_name` as floats, without None, text and NaN."""
+    values = {metric_name(k): float(v) for k, v in metrics.items() if v is not None and not isinstance(v, str)}
+    return {k: v for k, v in values.items() if not math.isnan(v)}
+
+
+@contextmanager
+def start_run(experiment: str, run_name: str, params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Open one MLflow run (the active run until the block ends) with flattened ``params``; yields its id.
+
+    Example:
+        >>> with start_run("tokenizers", "semantic", {"data": "data/ml-100k"}):
+        ...     log_metrics({"items": 1682}); log_artifact("out/manifest.json")
+    """
+    import mlflow
+
+    configure()
+    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name,
+                          tags={"git_commit": git_commit(), **(tags or {})}) as run:
+        flat = {k: str(v)[:500] for k, v in flatten(params or {}).items()}
+        if flat:
+            mlflow.log_params(flat)
+        yield run.info.run_id
+
+
+def log_metrics(metrics: Mapping[str, Any], run_id: str | None = None, step: int | None = None) -> None:
+    """Log the numeric, non-NaN ``metrics`` under their :func:`metric_name`, to ``run_id`` or the active run."""
+    import mlflow
+
+    values = _finite(metrics)
+    if not values:
+        return
+    if run_id is None:
+        mlflow.log_metrics(values, step=step)
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(configure())
+    for name, value in values.items():
+        client.log_metric(run_id, name, value, step=step or 0)
+
+
+def log_artifact(path: str | Path, run_id: str | None = None, artifact_path: str | None = None) -> None:
+    """Attach a file or a folder (all its files) to ``run_id`` or the active run."""
+    import mlflow
+
+    path = Path(path)
+    if run_id is None:
+        (mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact)(str(path), artifact_path=artifact_path)
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(configure())
+    (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), artifact_path=artifact_path)
 
 
 class RunTree:
@@ -138,8 +252,7 @@ class RunTree:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        rows = [Metric(metric_name(k), float(v), stamp, 0) for k, v in metrics.items()
-                if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        rows = [Metric(k, v, stamp, 0) for k, v in _finite(metrics).items()]
         for start in range(0, len(rows), 200):
             self.client.log_batch(run_id, metrics=rows[start : start + 200])
 

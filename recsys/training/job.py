@@ -186,31 +186,22 @@ def _trainer_kwargs(cfg: TrainJobConfig) -> dict[str, Any]:
 
 
 def _logger(cfg: TrainJobConfig, out_dir: Path, fingerprint: str, resume: bool):
-    """MLflow logger; a resumed job continues the run recorded in ``<out_dir>/mlflow_run.json``."""
+    """MLflow logger (:func:`recsys.tracking.lightning_logger`); a resumed job continues the run recorded
+    in ``<out_dir>/mlflow_run.json``."""
     if not cfg.tracking.enabled:
         return None
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    from recsys.tracking import experiment_id, git_commit, tracking_uri
+    from recsys.tracking import lightning_logger
 
     run_id = None
     run_file = out_dir / RUN_FILE
     if resume and run_file.is_file():
         run_id = json.loads(run_file.read_text()).get("run_id")
-    experiment_id(cfg.tracking.experiment)
-    return MLFlowLogger(
-        experiment_name=cfg.tracking.experiment,
+    return lightning_logger(
+        cfg.tracking.experiment,
         run_name=cfg.tracking.run_name or out_dir.name,
-        tracking_uri=tracking_uri(),
-        tags={"git_commit": git_commit(), "dataset": fingerprint, "data_dir": str(Path(cfg.data).resolve()),
-              "backbone": cfg.model.backbone},
+        tags={"dataset": fingerprint, "data_dir": str(Path(cfg.data).resolve()), "backbone": cfg.model.backbone},
         run_id=run_id,
     )
-
-
-def mlflow_name(metric: str) -> str:
-    """The MLflow name of a metric key: ``valid/ndcg@10`` -> ``valid/ndcg10`` (as Lightning's MLFlowLogger renames it)."""
-    return metric.replace("@", "")
 
 
 # --------------------------------------------------------------------------- rank agreement
@@ -293,7 +284,7 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
     from recsys.bundle import save_bundle
     from recsys.pipelines.prepared import PreparedDataset
     from recsys.tokenizers.semantic import text_embeddings_manifest
-    from recsys.tracking import flatten
+    from recsys.tracking import flatten, log_metrics
     from recsys.training.setrec_data import SetRecDataModule
     from recsys.training.setrec_module import MONITOR, SetRecModule, evaluate_beta_grid
 
@@ -373,10 +364,9 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
         run_id = logger.run_id
         client = logger.experiment
         final = {f"best_{k}" if k.startswith("valid/") else k: v for k, v in metrics.items()} | {"best_beta": best_beta}
-        for name, value in final.items():  # MLflow forbids "@": named as Lightning's logger names them
-            client.log_metric(run_id, mlflow_name(name), float(value), step=trainer.global_step)
+        log_metrics(final, run_id, step=trainer.global_step)  # under their MLflow names (valid/ndcg@10 -> valid/ndcg10)
         for row, means in enumerate(valid_grid.means()):
-            client.log_metric(run_id, "valid_grid/ndcg10", means["ndcg@10"], step=row)
+            log_metrics({"valid_grid/ndcg@10": means["ndcg@10"]}, run_id, step=row)
         client.set_tag(run_id, "best_beta", str(best_beta))
         client.log_artifacts(run_id, str(bundle_dir), artifact_path=BUNDLE)
     result = TrainResult(bundle_dir, run_id, valid_metrics, test_metrics, best_beta, time.perf_counter() - start,
