@@ -52,6 +52,9 @@ def refuse_text_methods(config: BenchmarkConfig, data, log=print) -> dict[str, s
     if not without_text:
         return {}
     refused = {m.name: f"needs item text: {TEXT_KINDS[m.kind]}" for m in config.methods if m.kind in TEXT_KINDS}
+    refused |= {m.name: "needs item text: its RLMRec alignment (align != none) reads the items' text embeddings"
+                for m in config.methods
+                if m.kind == "sasrec" and m.overrides.get("align", config.sasrec.get("align", "none")) != "none"}
     if not refused:
         return {}
     config.methods = [m for m in config.methods if m.name not in refused]
@@ -83,6 +86,8 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
     log(f"data: {data.num_users} users, {data.num_items} items, fingerprint {data.fingerprint}")
     refused = refuse_text_methods(config, data, log)
     kinds = {m.kind for m in config.methods}
+    aligned = [m.name for m in config.methods if m.kind == "sasrec"
+               and m.overrides.get("align", config.sasrec.get("align", "none")) != "none"]
     setrec_config = config.setrec.config
     if setrec_config is None and config.setrec.base is not None:
         import yaml
@@ -92,7 +97,7 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
     context = MethodContext(data=data, work_dir=work, sasrec=dict(config.sasrec), tiger=dict(config.tiger),
                             setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides),
                             exclude_history=config.evaluation.exclude_history, refused=refused)
-    if kinds & {"tiger", "setrec", "text"}:
+    if kinds & {"tiger", "setrec", "text"} or aligned:  # RLMRec SASRec methods read the text embeddings too
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings
         from recsys.tokenizers.text_encoder import TextEncoderConfig
 

@@ -120,13 +120,24 @@ def train_popularity(spec: MethodSpec, seed: int, context: MethodContext) -> Tra
 
 
 def train_sasrec(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMethod:
-    """SASRec with early stopping on valid NDCG@10 (``recsys.training.sasrec.fit_sasrec``)."""
+    """SASRec with early stopping on valid NDCG@10 (``recsys.training.sasrec.fit_sasrec``).
+
+    ``overrides`` are ``SASRecConfig`` fields; ``{align: con}`` / ``{align: gen}`` add the RLMRec
+    alignment (``recsys.models.rlmrec``), which reads the benchmark's text embeddings.
+    """
     from recsys.models.sasrec import SASRec, SASRecConfig
     from recsys.training.sasrec import fit_sasrec
 
     config = _config(SASRecConfig, context.sasrec, spec.overrides, seed, f"methods[{spec.name!r}]")
+    text = None
+    if config.align != "none":
+        from recsys.tokenizers.semantic import load_text_embeddings
+
+        if context.semantic_dir is None:
+            raise ConfigError(f"methods[{spec.name!r}]: align {config.align!r} needs the text embeddings folder")
+        text = load_text_embeddings(context.semantic_dir, context.data.num_items)
     start = time.perf_counter()
-    result = fit_sasrec(context.data, config, out_dir=None, log_to_mlflow=False)
+    result = fit_sasrec(context.data, config, out_dir=None, log_to_mlflow=False, text_embeddings=text)
     seconds = time.perf_counter() - start
     model = result.model.eval()
 
@@ -134,7 +145,7 @@ def train_sasrec(spec: MethodSpec, seed: int, context: MethodContext) -> Trained
         return model.score(SASRec.pad_histories(histories, config.max_len))
 
     info = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "parameters": num_parameters(model),
-            "hidden_size": config.hidden_size, "num_layers": config.num_layers}
+            "hidden_size": config.hidden_size, "num_layers": config.num_layers, "align": config.align}
     return TrainedMethod(ScoringRecommender(spec.name, score, model.num_items), dict(result.valid_metrics), seconds, info)
 
 

@@ -52,6 +52,18 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
     ablations = {m.name: m.overrides for m in config.methods if m.kind == "setrec"}
     assert {"model.attention": "full"} in ablations.values() and {"model.generation": "autoregressive"} in ablations.values()
     assert {"model.token_set": "cf"} in ablations.values() and {"model.token_set": "semantic"} in ablations.values()
+    aligned = {m.name: m.overrides for m in config.methods if m.kind == "sasrec"}
+    assert aligned["sasrec-rlmrec-con"] == {"align": "con"} and aligned["sasrec-rlmrec-gen"] == {"align": "gen"}
+    assert [m.name for m in config.methods][-2:] == ["sasrec-rlmrec-con", "sasrec-rlmrec-gen"]
+
+
+def test_aligned_sasrec_needs_the_text_embeddings(tmp_path):
+    """An RLMRec SASRec method reads the text embeddings; without them it stops before training, naming the method."""
+    from recsys.evaluation.methods import MethodContext, MethodSpec, train_method
+
+    context = MethodContext(data=object(), work_dir=tmp_path)
+    with pytest.raises(ConfigError, match="sasrec-rlmrec-con.*align"):
+        train_method(MethodSpec("sasrec-rlmrec-con", "sasrec", {"align": "con"}), 0, context)
 
 
 def _minimal(**extra) -> dict:
