@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal, Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from recsys.checksum import sha256_file
 from recsys.errors import ArtifactError
 
 #: Version 2 added ``manifest_sha256``; version 1 bundles (written before it) still load, range-checked.
@@ -88,12 +89,6 @@ class BundleInfo:
     @property
     def item_tokens_path(self) -> Path:
         return self.path / ITEM_TOKENS
-
-
-def _sha256(path: Path) -> str:
-    from recsys.tokenizers.artifact_io import sha256_file
-
-    return sha256_file(path)
 
 
 def write_index(table: torch.Tensor, path: Path) -> None:
@@ -175,7 +170,7 @@ def save_bundle(
             "query_vector": "concat((1 - beta) h_0, beta h_1, ..., beta h_N); item vector = flattened token row",
             "text_encoder": dict(text_encoder or {}),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-            "files": {name: _sha256(tmp / name) for name in (MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG)},
+            "files": {name: sha256_file(tmp / name) for name in (MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG)},
         }
         manifest["manifest_sha256"] = manifest_checksum(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -296,7 +291,7 @@ def read_manifest(path: str | Path) -> dict:
         file = path / name
         if Path(name).name != name or not file.is_file():
             raise ArtifactError(f"{file} is missing from the bundle; re-export it")
-        actual = _sha256(file)
+        actual = sha256_file(file)
         if actual != expected:
             raise ArtifactError(f"{file}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); the bundle was modified or corrupted")
     return manifest

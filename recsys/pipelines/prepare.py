@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from recsys.checksum import sha256_file
 from recsys.errors import ConfigError, DataFormatError
 from recsys.pipelines.issues import RowLog
 from recsys.pipelines.readers import FORMATS, read_source
@@ -87,14 +88,6 @@ class PrepareConfig:
     """Item texts longer than this are cut."""
     catalogue_only: str = "keep"
     """Items of the item file without any event: "keep" them (as cold items) or "drop" them."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve_source(config: PrepareConfig) -> tuple[Path, str]:
@@ -272,7 +265,7 @@ def _write_atomic(out: Path, tables: dict[str, pl.DataFrame], manifest: dict) ->
             digest.update(name.encode())
             digest.update((work / name).read_bytes())
         manifest["fingerprint"] = digest.hexdigest()[:16]
-        manifest["files"] = {name: _sha256(work / name) for name in OUTPUT_TABLES}
+        manifest["files"] = {name: sha256_file(work / name) for name in OUTPUT_TABLES}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(work, 0o755)
         if out.exists():
@@ -305,7 +298,7 @@ def prepare(config: PrepareConfig) -> dict:
     log = RowLog(config.on_bad_rows)
     tables = read_source(path, fmt, log)
     with ThreadPoolExecutor(max_workers=1) as pool:  # hashing the source overlaps the steps
-        hashes = pool.map(_sha256, tables.files)
+        hashes = pool.map(sha256_file, tables.files)
         interactions, items, users, facts = build_tables(tables, config, log)
         hashes = list(hashes)
     manifest = {

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,18 +24,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from recsys.checksum import sha256_file  # the one helper; tokenizer modules import it from here too
 from recsys.errors import ArtifactError
 
-CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

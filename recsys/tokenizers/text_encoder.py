@@ -31,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from recsys.errors import ConfigError, DataFormatError
-from recsys.tokenizers.artifact_io import atomic_path, sha256_file
+from recsys.checksum import sha256_file
+from recsys.tokenizers.artifact_io import atomic_path
 
 POOLING_MODES = ("mean", "cls", "max")
 #: Files whose bytes decide what a model directory computes; they make up its fingerprint.
