@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from recsys.evaluation.benchmark_config import BenchmarkConfig
+from recsys.evaluation.groups import PROTOCOL_GROUPS
 from recsys.evaluation.methods import TrainedMethod
 
 #: Item-group metrics reported besides the whole-population ones.
@@ -44,6 +45,9 @@ class SeedRun:
 def report_metrics(ks: list[int]) -> list[tuple[str, str, str]]:
     """(report key, group, per-user metric) of every reported metric.
 
+    ``cold/`` and ``warm/`` keys rank over the full catalogue; ``cold_only/`` and ``warm_only/`` rank a
+    cold (warm) gold item among the cold (warm) items only (``recsys.evaluation.groups.PROTOCOL_GROUPS``).
+
     Example:
         >>> report_metrics([10])[:2]   # [("recall@10", "all", "recall@10"), ("ndcg@10", "all", "ndcg@10")]
     """
@@ -52,7 +56,14 @@ def report_metrics(ks: list[int]) -> list[tuple[str, str, str]]:
     keys = [(name, "all", name) for name in metric_keys(tuple(ks))]
     keys += [(f"cold/{m}@{k}", "cold", f"{m}@{k}") for k in ks for m in GROUP_METRICS]
     keys += [(f"warm/{m}@{k}", "warm", f"{m}@{k}") for k in ks for m in GROUP_METRICS]
+    # the SETRec paper's protocol: cold gold ranked among cold items only, warm among warm only
+    keys += [(f"{g}/{m}@{k}", g, f"{m}@{k}") for g in PROTOCOL_GROUPS for k in ks for m in GROUP_METRICS]
     return keys
+
+
+def has_group(runs: list[SeedRun], group: str) -> bool:
+    """True when every run's evaluation has ``group`` (per-user files of older runs lack ``cold_only``/``warm_only``)."""
+    return all(group in run.result.summary for run in runs)
 
 
 def seed_averaged(runs: list[SeedRun], group: str, metric: str) -> np.ndarray:
@@ -73,6 +84,8 @@ def summarise_method(runs: list[SeedRun], ks: list[int], samples: int) -> dict[s
 
     out: dict[str, Any] = {}
     for key, group, metric in report_metrics(ks):
+        if not has_group(runs, group):  # per-user files written before the group existed
+            continue
         values = seed_averaged(runs, group, metric)
         finite = values[~np.isnan(values)]
         lo, hi = bootstrap_ci(values, num_samples=samples)
@@ -89,7 +102,8 @@ def summarise_method(runs: list[SeedRun], ks: list[int], samples: int) -> dict[s
     out["train_seconds"] = float(np.mean([run.trained.train_seconds for run in runs]))
     out["valid_ndcg@10"] = _finite(float(np.mean([run.trained.valid_metrics.get("ndcg@10", math.nan) for run in runs])))
     out["users"] = runs[0].result.num_users
-    out["skipped_empty_gold"] = {g: c["skipped_empty_gold"] for g, c in runs[0].result.counts.items() if g in ("all", "cold", "warm")}
+    out["skipped_empty_gold"] = {g: c["skipped_empty_gold"] for g, c in runs[0].result.counts.items()
+                                 if g in ("all", "cold", "warm", *PROTOCOL_GROUPS)}
     out["info"] = jsonable(runs[0].trained.info)
     return out
 
@@ -102,12 +116,15 @@ def paired_comparisons(all_runs: dict[str, list[SeedRun]], reference: str, ks: l
         return {}
     keys = [(f"{m}@{k}", "all", f"{m}@{k}") for k in ks for m in ("ndcg", "recall")]
     keys += [(f"cold/recall@{k}", "cold", f"recall@{k}") for k in ks]
+    keys += [(f"cold_only/recall@{k}", "cold_only", f"recall@{k}") for k in ks]
     out: dict[str, Any] = {}
     for name, runs in all_runs.items():
         if name == reference:
             continue
         out[name] = {}
         for key, group, metric in keys:
+            if not (has_group(all_runs[reference], group) and has_group(runs, group)):
+                continue
             result = paired_bootstrap(seed_averaged(all_runs[reference], group, metric), seed_averaged(runs, group, metric),
                                       num_samples=samples)
             out[name][key] = {"diff": _finite(result["diff"]), "ci": [_finite(v) for v in result["ci"]],
@@ -151,6 +168,7 @@ def build_report(config: BenchmarkConfig, all_runs: dict[str, list[SeedRun]], me
     report["efficiency"] = efficiency(report, config.reference, config.beam_method)
     report["seeds"] = {
         name: [{"seed": run.seed, "test": run.result.summary["all"], "cold": run.result.summary.get("cold", {}),
+                "cold_only": run.result.summary.get("cold_only", {}),
                 "valid": run.trained.valid_metrics, "inference_seconds_per_1000_users": run.result.seconds_per_1000_users,
                 "train_seconds": run.trained.train_seconds}
                for run in runs]

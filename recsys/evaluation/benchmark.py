@@ -116,6 +116,7 @@ def run_benchmark(
                 if child is not None:
                     metrics = {f"test/{k}": v for k, v in result.summary["all"].items()}
                     metrics |= {f"test_cold/{k}": v for k, v in result.summary.get("cold", {}).items()}
+                    metrics |= {f"test_cold_only/{k}": v for k, v in result.summary.get("cold_only", {}).items()}
                     metrics |= {f"valid/{k}": v for k, v in trained.valid_metrics.items()}
                     metrics |= {"inference_seconds_per_1000_users": result.seconds_per_1000_users,
                                 "train_seconds": trained.train_seconds}
@@ -131,7 +132,7 @@ def run_benchmark(
         if tracker.enabled:
             flat = {}
             for name in all_runs:
-                for key in ("ndcg@10", "recall@10", "recall@20", "cold/recall@20"):
+                for key in ("ndcg@10", "recall@10", "recall@20", "cold/recall@20", "cold_only/recall@20"):
                     if report[name].get(key, {}).get("mean") is not None:
                         flat[f"{name}/{key}"] = report[name][key]["mean"]
                 flat[f"{name}/inference_seconds_per_1000_users"] = report[name]["inference_seconds_per_1000_users"]

@@ -31,11 +31,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys.evaluation.groups import DEFAULT_HISTORY_EDGES, ItemGroups, history_bucket
+from recsys.evaluation.groups import DEFAULT_HISTORY_EDGES, PROTOCOL_GROUPS, ItemGroups, history_bucket
 from recsys.evaluation.metrics import (
     DEFAULT_KS,
     exclude_items,
     list_ranks,
+    list_ranks_among,
+    set_ranks_among,
     mean_metrics,
     metric_keys,
     pad_gold,
@@ -110,7 +112,9 @@ class EvaluationResult:
         method: recommender name.
         per_user: long table, one row per (user, group): user_idx, group, history_len,
             num_gold (gold items of the group) and one column per metric (NaN when the
-            user has no gold item in the group).
+            user has no gold item in the group). Groups ``cold_only``/``warm_only`` rank their
+            gold items among the cold/warm items only (``recsys.evaluation.groups.PROTOCOL_GROUPS``);
+            every other group ranks over the whole catalogue.
         summary: group -> metric -> mean over users with a gold item in the group.
         counts: group -> {"users": evaluated users, "skipped_empty_gold": users skipped}.
         inference_seconds: wall time of model calls and top-k selection over all users.
@@ -169,6 +173,7 @@ def evaluate(
     item_masks = {name: torch.from_numpy(mask) for name, mask in groups.item_masks().items()}
     max_k = max(ks)
     all_ranks: list[torch.Tensor] = []
+    among_ranks: dict[str, list[torch.Tensor]] = {name: [] for name in PROTOCOL_GROUPS}
     all_gold: list[torch.Tensor] = []
     seconds = 0.0
     with torch.no_grad():
@@ -185,6 +190,8 @@ def evaluate(
                 if scores.shape != (len(histories), num_items):
                     raise ValueError(f"{recommender.name} returned scores of shape {tuple(scores.shape)}")
                 ranks = set_ranks(scores, gold)
+                for name, group in PROTOCOL_GROUPS.items():
+                    among_ranks[name].append(set_ranks_among(scores, gold, item_masks[group]))
             else:
                 exclude = None
                 if exclude_history:
@@ -194,10 +201,17 @@ def evaluate(
                 ranked = recommender.rank(histories, max_k, exclude)
                 seconds += time.perf_counter() - start
                 ranks = list_ranks(ranked, gold)
+                for name, group in PROTOCOL_GROUPS.items():
+                    among_ranks[name].append(list_ranks_among(ranked, gold, item_masks[group]))
             all_ranks.append(ranks)
             all_gold.append(gold)
     width = max((g.shape[1] for g in all_gold), default=1)
-    ranks = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=math.inf) for r in all_ranks]) if all_ranks else torch.zeros(0, 1)
+
+    def stack(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=math.inf) for r in parts]) if parts else torch.zeros(0, 1)
+
+    ranks = stack(all_ranks)
+    group_ranks = {name: stack(parts) for name, parts in among_ranks.items()}
     gold = torch.cat([torch.nn.functional.pad(g, (0, width - g.shape[1]), value=-1) for g in all_gold]) if all_gold else torch.zeros(0, 1, dtype=torch.int64)
     valid = gold >= 0
     history_len = np.array([len(h) for h in examples.histories], dtype=np.int64)
@@ -205,13 +219,15 @@ def evaluate(
     group_masks: dict[str, torch.Tensor] = {"all": valid}
     for name, mask in item_masks.items():
         group_masks[name] = valid & mask[gold.clamp(min=0)]
+    for name, group in PROTOCOL_GROUPS.items():
+        group_masks[name] = group_masks[group]
     frames = []
     summary: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, int]] = {}
     user_idx = np.asarray(examples.user_idx, dtype=np.int64)
 
     def add(name: str, rows: np.ndarray, mask: torch.Tensor) -> None:
-        metrics = per_user_metrics(ranks[rows], mask[rows], ks)
+        metrics = per_user_metrics(group_ranks.get(name, ranks)[rows], mask[rows], ks)
         means, skipped = mean_metrics(metrics)
         summary[name] = means
         counts[name] = {"users": int(rows.size) - skipped, "skipped_empty_gold": skipped}

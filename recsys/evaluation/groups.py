@@ -5,6 +5,11 @@ no gold item in the group is skipped for it and counted); the ranking is still o
 the whole catalogue. History-length buckets group users.
 
 - cold: gold item without a train interaction; warm: the others.
+- cold_only / warm_only: the same gold items under the SETRec paper's cold-start protocol
+  (Lin et al., "Order-agnostic Identifier for Large Language Model-based Generative
+  Recommendation", SIGIR 2025, cold-start experiments): a cold gold item is ranked among the
+  cold items only and a warm gold item among the warm items only (:data:`PROTOCOL_GROUPS`).
+  ``cold``/``warm`` rank over the full catalogue; both are reported side by side.
 - pop_low / pop_mid / pop_high: warm items split into three equal-sized parts by
   train interaction count (ties broken by item index), least popular first.
 - hist_<a>-<b>: users whose history length lies in [a, b] (edges configurable).
@@ -23,6 +28,19 @@ import numpy as np
 
 DEFAULT_HISTORY_EDGES = (5, 10, 20, 50)
 ITEM_GROUPS = ("warm", "cold", "pop_low", "pop_mid", "pop_high")
+#: Restricted-candidate groups: name -> item group whose gold items are ranked among that group's items only.
+PROTOCOL_GROUPS = {"cold_only": "cold", "warm_only": "warm"}
+#: What each group's items are ranked against (results tables name it per column).
+RANKED_AMONG = {"cold_only": "cold items only", "warm_only": "warm items only"}
+
+
+def ranked_among(group: str) -> str:
+    """The candidate set a group's gold items are ranked in: "all items" unless a :data:`PROTOCOL_GROUPS` group.
+
+    Example:
+        >>> ranked_among("cold"), ranked_among("cold_only")   # ("all items", "cold items only")
+    """
+    return RANKED_AMONG.get(group, "all items")
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,56 @@ def list_ranks(ranked: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     return found.min(dim=2).values if ranked.shape[1] else torch.full(gold.shape, math.inf, dtype=torch.float64)
 
 
+def set_ranks_among(scores: torch.Tensor, gold: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """1-based rank of every gold item among the ``candidates`` items only (ties against the gold item).
+
+    The restricted protocol of the SETRec paper's cold-start evaluation (``recsys.evaluation.groups``):
+    a cold gold item competes with cold items only. Ranks of gold items outside ``candidates`` are
+    ``inf`` (callers mask them out).
+
+    Args:
+        scores: (B, num_items) scores, excluded items already ``-inf``.
+        gold: (B, G) gold items padded with -1.
+        candidates: (num_items,) bool, the items a gold item is ranked against.
+
+    Returns:
+        (B, G) float64 ranks.
+
+    Example:
+        >>> set_ranks_among(torch.tensor([[0.9, 0.1, 0.5]]), torch.tensor([[2]]), torch.tensor([False, True, True]))   # [[1.]]
+    """
+    restricted = scores.masked_fill(~candidates.to(scores.device).unsqueeze(0), -math.inf)
+    ranks = set_ranks(restricted, gold)
+    inside = candidates.to(gold.device)[gold.clamp(min=0)] & (gold >= 0)
+    return torch.where(inside, ranks, torch.full_like(ranks, math.inf))
+
+
+def list_ranks_among(ranked: torch.Tensor, gold: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Rank of every gold item inside ranked lists after dropping the items outside ``candidates``.
+
+    For list generators (beam search) the restricted protocol can only filter the list the model
+    produced: a candidate it did not generate stays unranked (``inf``).
+
+    Args:
+        ranked: (B, L) item indices, best first, padded with -1.
+        gold: (B, G) gold items padded with -1.
+        candidates: (num_items,) bool.
+
+    Returns:
+        (B, G) float64 ranks (1-based), ``inf`` when absent or outside ``candidates``.
+
+    Example:
+        >>> list_ranks_among(torch.tensor([[4, 2, 7]]), torch.tensor([[7]]), torch.tensor([0, 0, 1, 0, 0, 0, 0, 1]).bool())   # [[2.]]
+    """
+    if ranked.shape[1] == 0:
+        return torch.full(gold.shape, math.inf, dtype=torch.float64)
+    keep = (ranked >= 0) & candidates[ranked.clamp(min=0)]
+    positions = keep.cumsum(dim=1).to(torch.float64)  # (B, L): position among the kept items
+    match = (ranked.unsqueeze(1) == gold.unsqueeze(2)) & (gold.unsqueeze(2) >= 0) & keep.unsqueeze(1)  # (B, G, L)
+    found = torch.where(match, positions.unsqueeze(1), torch.full_like(positions.unsqueeze(1), math.inf))
+    return found.min(dim=2).values
+
+
 def per_user_metrics(ranks: torch.Tensor, mask: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, torch.Tensor]:
     """Recall, NDCG, HR and MRR at each k for every user (row), from gold ranks.
 

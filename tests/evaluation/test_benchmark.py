@@ -133,6 +133,12 @@ def test_seed_average_means_and_paired_differences():
     assert lo <= report["ref"]["ndcg@5"]["mean"] <= hi
     # cold group: only item 5 is cold (users 2 and 3)
     assert report["ref"]["cold/recall@1"]["users"] == 2
+    # both cold protocols side by side: ref ranks item 5 second of all items in both seeds (behind 3,
+    # then behind 4) but first among the cold items (only 5 is cold)
+    assert report["ref"]["cold/recall@1"]["mean"] == pytest.approx(0.0)
+    assert report["ref"]["cold_only/recall@1"]["mean"] == pytest.approx(1.0)
+    assert report["ref"]["cold_only/recall@1"]["users"] == 2 and report["ref"]["warm_only/recall@1"]["users"] == 2
+    assert "cold_only/recall@1" in report["paired"]["vs"]["other"]
     diff = report["paired"]["vs"]["other"]["ndcg@5"]
     expected = np.mean((runs["ref"][0].result.metric("ndcg@5") + runs["ref"][1].result.metric("ndcg@5")) / 2
                        - runs["other"][0].result.metric("ndcg@5"))
@@ -151,6 +157,13 @@ def test_markdown_and_plots_are_written(tmp_path):
     md = write_markdown(report, tmp_path / "quality-x.md").read_text()
     assert "recsys benchmark quality --config c.yaml" in md and "| ref |" in md and "| other |" in md
     assert "Paired bootstrap" in md and "x as long" in md
+    # every column names the items a gold item is ranked among
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    cells = [c.strip() for c in header.strip("|").split("|")][1:-2]
+    assert all(c.endswith(("(all items)", "(cold items only)", "(warm items only)")) for c in cells), cells
+    assert "cold Recall@20 (all items)" in header and "cold Recall@20 (cold items only)" in header
+    paired = next(line for line in md.splitlines() if line.startswith("| vs"))
+    assert "(cold items only)" in paired and "(all items)" in paired
     for png in write_plots(report, tmp_path, "x"):
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5000
 
@@ -172,7 +185,8 @@ def test_recsys_evaluate_on_a_saved_sasrec_writes_per_user_parquet(tmp_path, cap
     out = tmp_path / "eval"
     assert main(["evaluate", "--bundle", str(tmp_path / "sasrec"), "--data", str(data_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| all |" in printed and "| cold |" in printed
+    assert "| all | all items |" in printed and "| cold | all items |" in printed
+    assert "| cold_only | cold items only |" in printed and "| warm_only | warm items only |" in printed
     assert "history items excluded from the ranking (the default)" in printed
     assert "history items excluded" in (out / "summary.md").read_text()
     summary = json.loads((out / "summary.json").read_text())

@@ -63,6 +63,28 @@ def test_evaluate_matches_hand_computed_values_per_group():
     assert result.inference_seconds > 0 and result.num_users == 3
 
 
+def test_cold_and_warm_gold_ranked_among_their_own_group_only():
+    """The SETRec paper's protocol next to the full-catalogue one (issue 13): hand-computed ranks."""
+    groups = ItemGroups.from_train_items(TRAIN_ITEMS, num_items=6)
+    scorer = fixed_scorer()
+    lists = RankingRecommender("lists", scorer.rank, num_items=6, max_k=6)
+    for recommender in (scorer, lists):
+        result = evaluate(recommender, EXAMPLES, groups, ks=KS, exclude_history=True, history_edges=EDGES)
+        # cold items {4: 2.0, 5: 1.0}. user 10: gold 4 is 4th of all items, 1st of the cold ones;
+        # user 12: gold 5 is 3rd of the non-excluded items, 2nd of the cold ones
+        assert result.metric("recall@1", "cold").tolist()[::2] == [0.0, 0.0]
+        assert result.metric("recall@1", "cold_only").tolist()[::2] == [1.0, 0.0]
+        assert result.summary["cold_only"]["mrr@5"] == pytest.approx((1 + 1 / 2) / 2)
+        assert result.counts["cold_only"] == result.counts["cold"]
+        # warm items {0..3}: user 11 gold 1 behind item 0 (rank 2); user 12 gold 2, the others excluded (rank 1)
+        assert result.metric("recall@1", "warm_only").tolist()[1:] == [0.0, 1.0]
+        assert result.summary["warm_only"]["recall@1"] == pytest.approx(0.5)
+    # a list generator is ranked inside the list it produced: a cold item it did not list stays unranked
+    short = RankingRecommender("short", scorer.rank, num_items=6, max_k=2)  # user 10 gets [1, 2], user 12 [2, 4]
+    c = evaluate(short, EXAMPLES, groups, ks=(5,), exclude_history=True, history_edges=EDGES)
+    assert c.metric("recall@5", "cold_only").tolist()[::2] == [0.0, 0.0]
+
+
 def test_history_items_rank_when_not_excluded():
     groups = ItemGroups.from_train_items(TRAIN_ITEMS, num_items=6)
     result = evaluate(fixed_scorer(), EXAMPLES, groups, ks=KS, exclude_history=False, history_edges=EDGES)
@@ -89,8 +111,8 @@ def test_per_user_table_round_trips_through_parquet(tmp_path):
     path = tmp_path / "per_user.parquet"
     result.per_user.write_parquet(path)
     back = pl.read_parquet(path)
-    # 3 users x (all, warm, cold, 3 terciles) + one bucket row per user
-    assert back.height == 3 * 6 + 3
+    # 3 users x (all, warm, cold, 3 terciles, cold_only, warm_only) + one bucket row per user
+    assert back.height == 3 * 8 + 3
     assert set(back.columns) >= {"user_idx", "group", "history_len", "num_gold", "ndcg@5", "recall@1"}
     cold = back.filter(pl.col("group") == "cold").sort("user_idx")
     assert cold["num_gold"].to_list() == [1, 0, 1]

@@ -142,3 +142,14 @@ def test_bootstrap_intervals():
         paired_bootstrap(values, values[:-1])
     # users with NaN on either side are dropped from the pairing
     assert paired_bootstrap(np.array([1.0, np.nan]), np.array([0.0, 0.0]))["users"] == 1
+
+
+def test_ranks_among_a_candidate_set():
+    from recsys.evaluation.metrics import list_ranks_among, set_ranks_among
+
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.7]])
+    cold = torch.tensor([False, True, True, False])
+    assert set_ranks_among(scores, torch.tensor([[1, 2, 0, -1]]), cold).tolist() == [[2.0, 1.0, math.inf, math.inf]]
+    ranked = torch.tensor([[0, 3, 2, 1]])
+    assert list_ranks_among(ranked, torch.tensor([[1, 2, 3]]), cold).tolist() == [[2.0, 1.0, math.inf]]
+    assert list_ranks_among(ranked[:, :0], torch.tensor([[1]]), cold).tolist() == [[math.inf]]
