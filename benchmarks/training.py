@@ -14,9 +14,10 @@ on real training batches after ``--warmup`` untimed ones:
 - ``one_prefix`` + ``fast`` mask (the vectorised builder),
 - ``all_prefix`` + ``fast`` mask: windows of ``max_len`` items, every target of a window in one pass.
 
-The model is the same in all three. The all-prefix batch holds as many windows as give the same number
-of backbone token slots per step as the one-prefix batch (``--packed-batch`` overrides), so both run at
-about the same activation memory; peak memory is reported per case. Reported: training targets per
+The model is the same in all three. The one-prefix batch holds ``--batch`` samples (256, the one-prefix
+default before all-prefix training); the all-prefix batch holds as many windows as give the same number
+of backbone token slots per step (``--packed-batch`` overrides), so both run at about the same activation
+memory; peak memory is reported per case. Reported: training targets per
 second (a target = one (history, next item) loss term) and per CPU second, peak memory (``ru_maxrss``,
 imports included; on a GPU also ``torch.cuda.max_memory_allocated``) and the ratios: all-prefix over
 one-prefix targets/s (``packed_over_per_prefix_targets_per_s``: the smaller of the two backbones; per
@@ -53,7 +54,7 @@ def slots_per_sample(cfg, train_mode: str) -> int:
 
 
 def measure(config: str, mask_impl: str, steps: int, warmup: int, device: str, train_mode: str = "one_prefix",
-            packed_batch: int = 0) -> dict:
+            packed_batch: int = 0, batch: int = 256) -> dict:
     """Time ``steps`` training steps of ``config`` with ``mask_impl`` and ``train_mode`` in this process."""
     import torch
 
@@ -61,7 +62,7 @@ def measure(config: str, mask_impl: str, steps: int, warmup: int, device: str, t
     from recsys.training.job import build_model, load_train_config
     from recsys.training.setrec_data import SetRecDataModule
 
-    cfg = load_train_config(config, {"model.mask_impl": mask_impl, "train_mode": train_mode})
+    cfg = load_train_config(config, {"model.mask_impl": mask_impl, "train_mode": train_mode, "batch_size": batch})
     torch.manual_seed(cfg.seed)
     data = PreparedDataset.load(cfg.data)
     batch_size = cfg.batch_size
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch", type=int, default=256, help="one-prefix samples per step")
     parser.add_argument("--packed-batch", type=int, default=0,
                         help="windows per all-prefix batch (0: as many as match the one-prefix batch's token slots)")
     parser.add_argument("--out", default="benchmarks/results/training.json")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         config, mask, mode = args.one
-        print(json.dumps(measure(config, mask, args.steps, args.warmup, args.device, mode, args.packed_batch)))
+        print(json.dumps(measure(config, mask, args.steps, args.warmup, args.device, mode, args.packed_batch, args.batch)))
         return 0
     load_at_start = os.getloadavg()[0]
     cases = []
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode, mask in CASES:
             command = [sys.executable, str(Path(__file__).resolve()), "--one", config, mask, mode, "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads),
-                       "--packed-batch", str(args.packed_batch)]
+                       "--packed-batch", str(args.packed_batch), "--batch", str(args.batch)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
