@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import subprocess
@@ -156,8 +157,8 @@ def metric_name(key: str) -> str:
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """``metrics`` under their :func:`metric_name` as floats, without None, text and NaN."""
-    values = {metric_name(k): float(v) for k, v in metrics.items() if v is not None and not isinstance(v, str)}
+    """The numbers of ``metrics`` (no None, text, mappings or NaN) as floats under their :func:`metric_name`."""
+    values = {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}
     return {k: v for k, v in values.items() if not math.isnan(v)}
 
 

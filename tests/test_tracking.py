@@ -85,3 +85,15 @@ def test_start_run_logs_params_metrics_and_artifacts_under_safe_names(tmp_path):
     assert run.data.params == {"a.b": "1"}
     assert run.data.metrics == {"health/recall10": 0.5, "n": 3.0, "later1": 2.0}
     assert [f.path for f in client.list_artifacts(run_id)] == ["manifest.json"]
+
+
+def test_only_the_tracking_module_logs_to_mlflow():
+    """recsys/tracking.py is the one way to MLflow; the registry and the serving model resolver only read."""
+    import re
+    from pathlib import Path
+
+    package = Path(tracking.__file__).parent
+    readers = {"tracking.py", "training/registry.py", "serving/service.py"}
+    importing = {str(path.relative_to(package)) for path in package.rglob("*.py")
+                 if re.search(r"^\s*(import mlflow|from mlflow)", path.read_text(), re.M)}
+    assert importing <= readers, f"these modules reach MLflow around recsys.tracking: {sorted(importing - readers)}"

@@ -46,13 +46,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recsys.checksum import sha256_file
 from recsys.errors import ArtifactError, ConfigError, DataFormatError, UnknownItemError
 from recsys.tokenizers.artifact_io import (
     check_out_dir,
     atomic_directory,
     read_json,
     read_safetensors_checked,
-    sha256_file,
     write_json_atomic,
 )
 
@@ -311,14 +311,10 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
     write_cf_embeddings(out_dir, result.model.item_embeddings(), has_cf, data, info, sasrec=(result.model, config),
                         text_to_cf=mapping, text=text)
     if log_to_mlflow and result.mlflow_run_id:
-        from mlflow.tracking import MlflowClient
-
         from recsys import tracking
 
-        tracking.configure()
-        client = MlflowClient()
-        client.log_metric(result.mlflow_run_id, "cf/items_without_cf", float((~has_cf).sum()))
-        client.log_artifacts(result.mlflow_run_id, str(out_dir), artifact_path="cf")
+        tracking.log_metrics({"cf/items_without_cf": float((~has_cf).sum())}, result.mlflow_run_id)
+        tracking.log_artifact(out_dir, result.mlflow_run_id, artifact_path="cf")
     return out_dir
 
 

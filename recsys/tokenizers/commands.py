@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+from recsys import tracking
 from recsys.errors import ConfigError, DataFormatError
 
 EXPERIMENT = "tokenizers"
@@ -101,17 +100,6 @@ def _encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-@contextmanager
-def _mlflow_run(run_name: str, params: dict, tags: dict | None = None) -> Iterator[None]:
-    import mlflow
-
-    from recsys import tracking
-
-    with mlflow.start_run(experiment_id=tracking.experiment_id(EXPERIMENT), run_name=run_name, tags={"git_commit": tracking.git_commit(), **(tags or {})}):
-        mlflow.log_params({k: str(v)[:500] for k, v in tracking.flatten(params).items()})
-        yield
-
-
 #: (flag, SASRecConfig field, type, help) of the SASRec flags of ``recsys tokenize cf``.
 _SASREC_FLAGS = (
     ("--epochs", "max_epochs", int, "most training epochs"),
@@ -160,13 +148,11 @@ def run_cf(args: argparse.Namespace) -> int:
         if args.no_mlflow:
             out = import_cf_embeddings(args.import_path, args.data, args.out)
         else:
-            import mlflow
-
-            with _mlflow_run("cf-import", {"data": args.data, "out": args.out, "import": args.import_path}):
+            with tracking.start_run(EXPERIMENT, "cf-import", {"data": args.data, "out": args.out, "import": args.import_path}):
                 out = import_cf_embeddings(args.import_path, args.data, args.out)
                 counts = cf_manifest(out)["counts"]
-                mlflow.log_metrics({k: float(v) for k, v in counts.items() if isinstance(v, (int, float))})
-                mlflow.log_artifact(str(Path(out) / "manifest.json"))
+                tracking.log_metrics(counts)
+                tracking.log_artifact(Path(out) / "manifest.json")
     else:
         out = train_cf_embeddings(args.data, args.out, config, log_to_mlflow=not args.no_mlflow, semantic_dir=args.semantic)
     manifest = cf_manifest(out)
@@ -191,8 +177,6 @@ def run_cf(args: argparse.Namespace) -> int:
 
 def run_semantic(args: argparse.Namespace) -> int:
     """``recsys tokenize semantic``: embed every item text of ``--data`` into ``--out``."""
-    import mlflow
-
     from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings
     from recsys.tokenizers.text_encoder import TextEncoder, TextEncoderConfig
 
@@ -203,12 +187,12 @@ def run_semantic(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     encoder = TextEncoder(config.encoder)
-    with _mlflow_run("semantic", {"data": args.data, "out": args.out, "encoder": encoder.describe(), "use_cache": config.use_cache}):
+    with tracking.start_run(EXPERIMENT, "semantic", {"data": args.data, "out": args.out, "encoder": encoder.describe(), "use_cache": config.use_cache}):
         out, stats = build_text_embeddings(args.data, args.out, config, encoder=encoder)
-        mlflow.log_metrics(
+        tracking.log_metrics(
             {"texts": stats.texts, "unique_texts": stats.unique_texts, "cache_hits": stats.cache_hits, "encoded": stats.encoded, "seconds": stats.seconds}
         )
-        mlflow.log_artifact(str(out / "manifest.json"))
+        tracking.log_artifact(out / "manifest.json")
     print(
         f"{stats.texts} texts ({stats.unique_texts} distinct): {stats.cache_hits} from the cache, {stats.encoded} encoded "
         f"in {stats.seconds:.1f} s -> {out}"
@@ -218,8 +202,6 @@ def run_semantic(args: argparse.Namespace) -> int:
 
 def run_ids(args: argparse.Namespace) -> int:
     """``recsys tokenize ids``: residual k-means semantic ids of the text embeddings."""
-    import mlflow
-
     from recsys.pipelines.prepared import PreparedDataset
     from recsys.tokenizers.semantic import load_text_embeddings
     from recsys.tokenizers.semantic_ids import build_semantic_ids
@@ -227,14 +209,14 @@ def run_ids(args: argparse.Namespace) -> int:
     data = PreparedDataset.load(args.data)
     embeddings = load_text_embeddings(args.semantic, num_items=data.num_items)
     params = {"data": args.data, "semantic": args.semantic, "levels": args.levels, "codes": args.codes, "seed": args.seed, "niter": args.niter, "backend": args.backend}
-    with _mlflow_run("semantic-ids", params, tags={"dataset": data.fingerprint}):
+    with tracking.start_run(EXPERIMENT, "semantic-ids", params, tags={"dataset": data.fingerprint}):
         ids = build_semantic_ids(embeddings, args.levels, args.codes, args.seed, niter=args.niter, backend=args.backend)
         ids.stats["dataset_fingerprint"] = data.fingerprint
         ids.save(args.out)
         stats = ids.stats
         metrics = {"collision_rate": stats["collision_rate"], "unique_prefixes": stats["unique_prefixes"], "max_items_per_prefix": stats["max_items_per_prefix"], "seconds": stats["seconds"]}
         metrics.update({f"utilisation_level_{i + 1}": u for i, u in enumerate(stats["utilisation_per_level"])})
-        mlflow.log_metrics(metrics)
+        tracking.log_metrics(metrics)
     capped = f" (capped from {stats['codes_requested']}: only {stats['num_items']} items)" if stats["codes_capped"] else ""
     print(f"semantic ids {tuple(ids.codes.shape)} -> {args.out}")
     print(f"  codes per level: {stats['codes']}{capped}")
@@ -245,8 +227,6 @@ def run_ids(args: argparse.Namespace) -> int:
 
 def run_table(args: argparse.Namespace) -> int:
     """``recsys tokenize table``: build, save and check the set-identifier table."""
-    import mlflow
-
     from recsys.tokenizers.identifiers import TableConfig, build_item_table, health_report
     from recsys.tokenizers.semantic import AutoencoderPretrainConfig
 
@@ -258,14 +238,13 @@ def run_table(args: argparse.Namespace) -> int:
     )
     from dataclasses import asdict
 
-    with _mlflow_run("item-table", {"data": args.data, "cf": args.cf, "semantic": args.semantic, **asdict(config)}):
+    with tracking.start_run(EXPERIMENT, "item-table", {"data": args.data, "cf": args.cf, "semantic": args.semantic, **asdict(config)}):
         table, metrics = build_item_table(args.data, args.cf, args.semantic, config)
         table.save(args.out)
         report = health_report(table)
-        if metrics:
-            mlflow.log_metrics(metrics)
-        report.log_mlflow()
-        mlflow.log_artifact(str(Path(args.out) / "manifest.json"))
+        tracking.log_metrics(metrics)
+        tracking.log_metrics(report.metrics())
+        tracking.log_artifact(Path(args.out) / "manifest.json")
     print(f"token table {tuple(table.tokens.shape)} -> {args.out}")
     if metrics:
         print("autoencoder pre-training: " + ", ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
@@ -278,9 +257,9 @@ def run_health(args: argparse.Namespace) -> int:
     from recsys.tokenizers.identifiers import ItemTokenTable, health_report
 
     table = ItemTokenTable.load(args.table)
-    with _mlflow_run("item-table-health", {"table": args.table, "threshold": args.threshold}):
+    with tracking.start_run(EXPERIMENT, "item-table-health", {"table": args.table, "threshold": args.threshold}):
         report = health_report(table, threshold=args.threshold, max_pairwise_items=args.max_pairwise_items)
-        report.log_mlflow()
+        tracking.log_metrics(report.metrics())
     print(report.as_table())
     return 0
 
@@ -328,8 +307,6 @@ def read_new_items(path: str | Path) -> tuple[list[str], list[str]]:
 
 def run_add_items(args: argparse.Namespace) -> int:
     """``recsys tokenize add-items``: add items to a table from their text (cold start)."""
-    import mlflow
-
     from recsys.tokenizers.identifiers import ItemTokenTable, add_items_from_text
     from recsys.tokenizers.text_encoder import EmbeddingCache, TextEncoder, TextEncoderConfig, default_cache_dir
 
@@ -345,9 +322,9 @@ def run_add_items(args: argparse.Namespace) -> int:
         if not args.no_cache:
             cache = EmbeddingCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), encoder.fingerprint, encoder.dim)
     out = args.out or args.table
-    with _mlflow_run("add-items", {"table": args.table, "items": args.items, "out": out}):
+    with tracking.start_run(EXPERIMENT, "add-items", {"table": args.table, "items": args.items, "out": out}):
         new_idx = add_items_from_text(table, ids, texts, text_encoder=encoder, cache=cache, progress=True)
         table.save(out)
-        mlflow.log_metrics({"added_items": len(new_idx), "num_items": table.num_items})
+        tracking.log_metrics({"added_items": len(new_idx), "num_items": table.num_items})
     print(f"added {len(new_idx)} item(s) as item_idx {int(new_idx[0])}..{int(new_idx[-1])}; table now {tuple(table.tokens.shape)} -> {out}")
     return 0

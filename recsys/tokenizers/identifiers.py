@@ -61,12 +61,12 @@ import polars as pl
 import torch
 from torch import nn
 
+from recsys.checksum import sha256_file
 from recsys.errors import ArtifactError, ConfigError, UnknownItemError
 from recsys.tokenizers.artifact_io import (
     atomic_directory,
     read_json,
     read_safetensors_checked,
-    sha256_file,
     verify_checksum,
     write_json_atomic,
     write_safetensors_atomic,
@@ -752,7 +752,7 @@ class HealthReport:
     added_items: int
 
     def metrics(self) -> dict[str, float]:
-        """Numbers for MLflow (prefixed ``health_``)."""
+        """Numbers for MLflow (prefixed ``health_``; log them with :func:`recsys.tracking.log_metrics`)."""
         keys = ("num_items", "tokens_per_item", "reconstruction_mse", "mean_cosine", "max_cosine", "near_duplicate_pairs", "items_without_cf", "added_items")
         return {f"health_{k}": float(getattr(self, k)) for k in keys if not (isinstance(getattr(self, k), float) and math.isnan(getattr(self, k)))}
 
@@ -774,12 +774,6 @@ class HealthReport:
         lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
         lines += [f"{name.ljust(width)}  {value}" for name, value in rows]
         return "\n".join(lines)
-
-    def log_mlflow(self) -> None:
-        """Log :meth:`metrics` to the active MLflow run."""
-        import mlflow
-
-        mlflow.log_metrics(self.metrics())
 
 
 def health_report(

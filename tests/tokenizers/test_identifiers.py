@@ -109,3 +109,28 @@ def test_health_report_and_pretraining(artifacts):
     assert report.reconstruction_mse >= 0 and -1 <= report.mean_cosine <= report.max_cosine <= 1 + 1e-6
     assert report.pairs_checked == table.num_items * (table.num_items - 1) // 2
     assert "near-duplicate pairs" in report.as_table()
+
+
+def test_table_commands_log_their_runs_through_tracking(artifacts, tmp_path):
+    """`recsys tokenize ids|table|health|add-items` each log one run (experiment ``tokenizers``) through recsys.tracking."""
+    from mlflow.tracking import MlflowClient
+
+    from recsys import tracking
+    from recsys.cli import main
+
+    data_dir, cf, semantic = artifacts
+    table_dir = tmp_path / "table"
+    (tmp_path / "new.jsonl").write_text('{"item_id": "new-1", "text": "a cordless drill"}\n')
+    assert main(["tokenize", "ids", "--data", str(data_dir), "--semantic", str(semantic), "--out", str(tmp_path / "ids"),
+                 "--levels", "2", "--codes", "4"]) == 0
+    assert main(["tokenize", "table", "--data", str(data_dir), "--cf", str(cf), "--semantic", str(semantic), "--out", str(table_dir),
+                 "--num-tokens", str(N), "--token-dim", str(D), "--pretrain-epochs", "1"]) == 0
+    assert main(["tokenize", "health", "--table", str(table_dir)]) == 0
+    assert main(["tokenize", "add-items", "--table", str(table_dir), "--items", str(tmp_path / "new.jsonl"), "--no-cache"]) == 0
+    client = MlflowClient(tracking.tracking_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([tracking.experiment_id("tokenizers")])}
+    assert set(runs) >= {"semantic-ids", "item-table", "item-table-health", "add-items"}
+    assert runs["item-table"].data.metrics["health_num_items"] == runs["item-table-health"].data.metrics["health_num_items"]
+    assert "collision_rate" in runs["semantic-ids"].data.metrics and runs["add-items"].data.metrics["added_items"] == 1
+    assert [f.path for f in client.list_artifacts(runs["item-table"].info.run_id)] == ["manifest.json"]
+    assert all(r.data.tags["git_commit"] for r in runs.values())
