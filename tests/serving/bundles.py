@@ -54,6 +54,9 @@ class BundleSpec:
     """Seeds data order and initial weights."""
     threads: int = 1
     """Torch threads while training (1 is fastest for these tiny models on a busy shared CPU)."""
+    text_to_cf: bool = False
+    """Give items without a train interaction a CF embedding predicted from their text by a ridge map
+    fitted on warm items (``recsys.tokenizers.text_to_cf``), kept in the bundle for items added later."""
 
 
 def prepare_ml100k(out_dir: Path) -> Path:
@@ -141,8 +144,16 @@ def build_bundle(data_dir: Path, out_dir: Path, spec: BundleSpec, text_dir: Path
     cf, has_cf = load_cf_artifact(cf_dir) if cf_dir else svd_cf_embeddings(data, spec.cf_dim)
     preset = PRESETS[spec.backbone][spec.preset]
     hidden = preset.get("hidden_size", preset.get("d_model"))
+    predicted, mapping = None, None
+    if spec.text_to_cf:
+        from recsys.tokenizers.text_to_cf import fit_text_to_cf
+
+        mapping = fit_text_to_cf(text, cf, has_cf & torch.from_numpy(data.train_item_mask()), seed=spec.seed)
+        predicted = ~has_cf
+        cf = cf.clone()
+        cf[predicted] = mapping.predict(text[predicted])
     torch.manual_seed(spec.seed)
-    encoder = ItemTokenEncoder(cf, has_cf, text, spec.num_semantic_tokens, hidden)
+    encoder = ItemTokenEncoder(cf, has_cf, text, spec.num_semantic_tokens, hidden, cf_predicted=predicted, text_to_cf=mapping)
     config = SetRecConfig(
         backbone=spec.backbone,
         preset=spec.preset,
