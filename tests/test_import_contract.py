@@ -25,7 +25,4 @@ def test_no_module_outside_models_calls_a_private_member_of_a_model():
                  for path in (REPO / "recsys").rglob("*.py") if "models" not in path.relative_to(REPO).parts
                  for line_no, line in enumerate(path.read_text().splitlines(), start=1)
                  for match in private.finditer(line)]
-    # service.py:445 (Recommender.add_item) still calls model._select: the serving area's file, being edited
-    # concurrently; it is to call model.encode_items (issue 18 closing note). Nothing else may be added here.
-    pending = {"recsys/serving/service.py"}
-    assert [o for o in offenders if o.split(":")[0] not in pending] == [], offenders
+    assert offenders == [], offenders

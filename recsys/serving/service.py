@@ -444,7 +444,7 @@ class Recommender:
                 raise DuplicateItemError(f"id: item {(clash or list(item_ids))[0]!r} is already in the catalogue")
             new = self.model.item_encoder.add_items(vectors_t)
             with torch.no_grad():
-                tokens = self.model._select(self.model.item_encoder(new)).float().cpu()
+                tokens = self.model.encode_items(new).float().cpu()
             rows = self.index.add(tokens.flatten(1).numpy())
             if rows.tolist() != new.tolist():
                 raise ArtifactError(f"index rows {rows.tolist()} and item encoder rows {new.tolist()} differ; restart the service")
