@@ -126,7 +126,8 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
             cf_values = dict(config.sasrec if config.cf is None else config.cf)
             cf_config = config_from_values(SASRecConfig, {"seed": 0, **cf_values} if config.cf is None else cf_values,
                                            where="cf")
-            train_cf_embeddings(data_dir, cf_dir, cf_config, log_to_mlflow=False)
+            train_cf_embeddings(data_dir, cf_dir, cf_config, log_to_mlflow=False,  # cf.align (RLMRec) reads the texts
+                                semantic_dir=context.semantic_dir if cf_config.align != "none" else None)
             log(f"CF embeddings written to {cf_dir}")
         context.cf_dir = cf_dir
     return context

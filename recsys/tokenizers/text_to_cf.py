@@ -15,7 +15,11 @@ representations) used in the text -> CF direction, as a closed-form ridge regres
 projection: InfoNCE aligns directions (cosine) only, so that projection predicts no scale, and it
 exists only for ``--align con``; ridge fits any CF artifact (trained, aligned or imported) in
 milliseconds, is deterministic, and its held-out fit is measured and recorded (``cv_r2``,
-``cv_cosine``).
+``cv_cosine``). Measured on the benchmark's plain SASRec CF embeddings (5-fold, warm items):
+amazon-industrial ridge R^2 0.032 / cosine 0.521 (10-NN text neighbours' mean: -0.015 / 0.503; the
+mean embedding alone: cosine 0.495), ml-100k 0.184 / 0.558 (10-NN 0.123 / 0.524): ridge is the better
+predictor, and plain SASRec embeddings carry little that text predicts, which is what the RLMRec
+alignment (``--align``) is for.
 
 Leakage: the fit reads the CF embeddings and texts of the rows in ``warm`` and nothing else;
 callers pass ``PreparedDataset.train_item_mask()`` (train split only). A test changes the valid
@@ -37,7 +41,7 @@ import torch
 from recsys.errors import ArtifactError
 
 #: Ridge strengths tried, as multiples of the mean eigenvalue of Zc^T Zc.
-LAMBDA_GRID = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
+LAMBDA_GRID = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0)
 #: Cross-validation folds over the warm items.
 FOLDS = 5
 
