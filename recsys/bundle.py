@@ -396,8 +396,8 @@ def check_backbone(path: str | Path, manifest: Mapping[str, Any]):
 
 
 def empty_item_encoder(shapes: Mapping[str, int]):
-    """An :class:`~recsys.tokenizers.identifiers.ItemTokenEncoder` of the manifest's ``shapes``, zero-filled (weights load next)."""
-    from recsys.tokenizers.identifiers import ItemTokenEncoder
+    """An :class:`~recsys.models.item_tokens.ItemTokenEncoder` of the manifest's ``shapes``, zero-filled (weights load next)."""
+    from recsys.models.item_tokens import ItemTokenEncoder
 
     return ItemTokenEncoder(
         torch.zeros(shapes["num_items"], shapes["cf_dim"]),

@@ -1,7 +1,7 @@
 """The set-identifier recommender (ARCHITECTURE.md section 3): T5 and Qwen2 backbones.
 
 Every item is a set of K tokens (CF token + N semantic tokens, from
-:class:`recsys.tokenizers.identifiers.ItemTokenEncoder`); a history of such sets, framed by
+:class:`recsys.models.item_tokens.ItemTokenEncoder`); a history of such sets, framed by
 learnable prompt and response tokens, enters the backbone through ``inputs_embeds`` with the
 sparse mask and shared position ids of :mod:`recsys.models.masks`. K learnable queries give
 the hidden states h_0..h_{K-1} in one forward pass:
@@ -58,7 +58,7 @@ from recsys.models.masks import (
     query_self_mask,
     reference_mask,
 )
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 
 BACKBONES = ("t5", "qwen")
 TOKEN_SETS = ("all", "cf", "semantic")
@@ -107,7 +107,7 @@ class SetRecConfig:
     num_semantic_tokens: int = 4
     """N, semantic tokens per item (the item has N + 1 tokens)."""
     semantic_tokens: Literal["projection", "residual", "autoencoder"] = "projection"
-    """How an item's text becomes its semantic tokens (``recsys.tokenizers.identifiers``): ``projection``
+    """How an item's text becomes its semantic tokens (``recsys.models.item_tokens``): ``projection``
     (a fixed orthonormal map of the text embedding times a learnt gain: keeps the text geometry, so cold
     items are reachable), ``residual`` (projection plus a zero-initialised autoencoder correction) or
     ``autoencoder`` (the jointly trained autoencoder alone; kept 1.2% of text neighbours)."""

@@ -12,7 +12,7 @@ import torch
 from recsys.errors import ConfigError
 from recsys.models.masks import MaskSpec, build_packed_layout, dense_mask, reference_mask
 from recsys.models.setrec import SetRecConfig, SetRecModel, pad_histories
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 
 NUM_ITEMS, N = 30, 2
 

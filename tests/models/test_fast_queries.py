@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recsys.models.setrec import SetRecConfig, SetRecModel, pad_histories
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 
 HISTORIES = [[3, 5, 7], [2], [1, 2, 3, 4, 5, 6, 7, 8], [9, 9, 0]]
 

@@ -107,7 +107,7 @@ def test_compiled_flex_attention_on_gpu_equals_sdpa_under_the_reference_mask():
 def test_qwen_with_flex_attention_on_gpu_equals_sdpa():
     """The model itself: the flex_attention backend (CUDA) gives the outputs of the sdpa backend."""
     from recsys.models.setrec import PRESETS, SetRecConfig, SetRecModel, pad_histories
-    from recsys.tokenizers.identifiers import ItemTokenEncoder
+    from recsys.models.item_tokens import ItemTokenEncoder
 
     num_items, n = 30, 3
     d = PRESETS["qwen"]["tiny"]["hidden_size"]

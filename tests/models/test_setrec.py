@@ -8,7 +8,7 @@ import torch
 from recsys.errors import ConfigError
 from recsys.models.masks import ITEM
 from recsys.models.setrec import PRESETS, LoraSettings, SetRecConfig, SetRecModel, pad_histories
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 
 ATOL = 1e-5
 NUM_ITEMS, N = 30, 3

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recsys.models.setrec import PRESETS, SetRecConfig, SetRecModel, pad_histories
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 
 NUM_ITEMS, N = 30, 3
 CF, SEMANTIC = [0], list(range(1, N + 1))  # token slots of an item's (N+1, d) tokens

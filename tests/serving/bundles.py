@@ -132,7 +132,7 @@ def build_bundle(data_dir: Path, out_dir: Path, spec: BundleSpec, text_dir: Path
     from recsys.bundle import save_bundle
     from recsys.models.setrec import PRESETS, SetRecConfig, SetRecModel, pad_histories
     from recsys.pipelines.prepared import PreparedDataset
-    from recsys.tokenizers.identifiers import ItemTokenEncoder
+    from recsys.models.item_tokens import ItemTokenEncoder
     from recsys.tokenizers.semantic import load_text_embeddings, text_embeddings_manifest
 
     started = time.perf_counter()

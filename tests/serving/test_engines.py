@@ -9,7 +9,7 @@ import torch
 from recsys.errors import UnknownItemError
 from recsys.models.setrec import SetRecConfig, SetRecModel
 from recsys.serving.engines import ItemTokens, TorchEngine
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 
 HISTORIES = [[3, 5, 7], [2], [1, 2, 3, 4, 5, 6, 7, 8], [9, 9, 0]]
 

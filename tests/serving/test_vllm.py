@@ -80,7 +80,7 @@ def test_items_added_at_runtime_work_in_vllm_histories(vllm_recommender, torch_t
 def test_t5_and_ablation_models_are_refused_by_the_vllm_engine():
     from recsys.models.setrec import SetRecConfig, SetRecModel
     from recsys.serving.engines import make_engine
-    from recsys.tokenizers.identifiers import ItemTokenEncoder
+    from recsys.models.item_tokens import ItemTokenEncoder
 
     torch.manual_seed(0)
     encoder = ItemTokenEncoder(torch.randn(6, 4), torch.ones(6, dtype=torch.bool), torch.randn(6, 8), 2, 32)

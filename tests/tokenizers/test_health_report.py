@@ -14,7 +14,9 @@ import polars as pl
 import pytest
 import torch
 
-from recsys.tokenizers.identifiers import ItemTokenEncoder, ItemTokenTable, health_report, item_map
+from recsys.models.item_tokens import ItemTokenEncoder
+
+from recsys.tokenizers.identifiers import ItemTokenTable, health_report, item_map
 
 NUM_ITEMS, N, D, THRESHOLD = 40, 2, 4, 0.99
 NO_CF, ADDED = (3, 4), 2  # items without CF; the last ADDED items were added from text

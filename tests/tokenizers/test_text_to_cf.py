@@ -18,7 +18,8 @@ from recsys.errors import ArtifactError
 from recsys.models.sasrec import SASRecConfig
 from recsys.pipelines.prepared import PreparedDataset
 from recsys.tokenizers.cf import EMBEDDINGS_FILE, import_cf_embeddings, load_cf_artifact, load_cf_embeddings
-from recsys.tokenizers.identifiers import ItemTokenEncoder, ItemTokenTable, build_item_encoder
+from recsys.models.item_tokens import ItemTokenEncoder
+from recsys.tokenizers.identifiers import ItemTokenTable, build_item_encoder
 from recsys.tokenizers.text_to_cf import fit_text_to_cf
 from tests.tokenizers.conftest import write_prepared_dataset
 

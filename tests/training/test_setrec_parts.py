@@ -9,7 +9,7 @@ import torch
 
 from recsys.evaluation.metrics import exclude_items, mean_metrics, pad_gold, per_user_metrics, set_ranks_reference
 from recsys.models.setrec import SetRecConfig, SetRecModel, pad_histories
-from recsys.tokenizers.identifiers import ItemTokenEncoder
+from recsys.models.item_tokens import ItemTokenEncoder
 from recsys.training.setrec_data import EpochSampler, EvalSets
 from recsys.training.setrec_module import GridMetrics, mask_seen, warmup_cosine
 from recsys.pipelines.prepared import EvalExamples
