@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -111,119 +111,191 @@ def _check_config(config: PrepareConfig) -> None:
         raise ConfigError(f"max_text_chars must be >= 1, got {config.max_text_chars}")
 
 
-def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
-    """Run every step on a read source; return (interactions, items, users, facts for the manifest)."""
-    events = check_interactions(tables, log)
-    rows_read = events.height + sum(log.dropped.values())
-    items, dropped_item_ids = check_items(tables, log, max_text_chars=config.max_text_chars)
-    items_read = None if items is None else items.height + sum(log.items_dropped.values())
+@dataclass
+class _Build:
+    """The one state :func:`build_tables` moves forward; each step reads what earlier steps set and adds its own.
 
-    # Integer codes in the natural order of the source ids; catalogue items take part.
-    user_codes, user_keys = encode_ids(events["user_id"])
-    item_codes, item_keys = encode_ids(events["item_id"], None if items is None else items["item_id"])
-    events = events.with_columns(  # int32 codes: half the bytes to sort and filter
+    From :func:`_encode_and_order` on, ``events`` holds every event still in play in (user code, ts,
+    source line) order, with int32 codes ``_u`` and ``_i``; arrays "per user/item code" index the codes
+    of ``user_keys`` / ``item_keys`` (natural order of the source ids, catalogue items included).
+    """
+
+    tables: SourceTables
+    config: PrepareConfig
+    log: RowLog
+    facts: dict = field(default_factory=lambda: {"warnings": []})
+    """What the manifest reports (counts, split used, warnings)."""
+    events: pl.DataFrame | None = None
+    items: pl.DataFrame | None = None
+    """The checked rows of the item file (None: the source has none)."""
+    dropped_item_ids: pl.Series | None = None
+    """Item ids of item-file rows dropped as bad."""
+    user_keys: pl.Series | None = None
+    """Source user id per user code."""
+    item_keys: pl.Series | None = None
+    """Source item id per item code."""
+    duplicates: np.ndarray | None = None
+    """Per row of ``events``: a duplicate event found and reported but not filtered yet (the k-core drops it
+    in the same pass); None when there is none, or once they are filtered."""
+    in_catalogue: np.ndarray | None = None
+    """Per item code: the item file lists it."""
+    ever_seen: np.ndarray | None = None
+    """Per item code: it has an event after the event checks (before the k-core)."""
+    item_kept: np.ndarray | None = None
+    """Per item code: in the output (a kept event, or a catalogue-only item)."""
+    user_kept: np.ndarray | None = None
+    """Per user code: in the output."""
+    interactions: pl.DataFrame | None = None
+    item_table: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+
+    def rows_in_play(self) -> int:
+        """Events left once the pending duplicates are dropped."""
+        return self.events.height if self.duplicates is None else self.events.height - int(self.duplicates.sum())
+
+
+def _read_checked(b: _Build) -> None:
+    """Typed, checked events and item rows (bad rows dropped or raised per ``on_bad_rows``)."""
+    b.events = check_interactions(b.tables, b.log)
+    b.facts["rows_read"] = b.events.height + sum(b.log.dropped.values())
+    b.items, b.dropped_item_ids = check_items(b.tables, b.log, max_text_chars=b.config.max_text_chars)
+    b.facts["items_read"] = None if b.items is None else b.items.height + sum(b.log.items_dropped.values())
+
+
+def _encode_and_order(b: _Build) -> None:
+    """Integer codes in the natural order of the source ids (catalogue items take part), the final event
+    order, and the duplicate events (reported now, dropped later)."""
+    user_codes, b.user_keys = encode_ids(b.events["user_id"])
+    item_codes, b.item_keys = encode_ids(b.events["item_id"], None if b.items is None else b.items["item_id"])
+    events = b.events.with_columns(  # int32 codes: half the bytes to sort and filter
         pl.Series("_u", user_codes, dtype=pl.Int32), pl.Series("_i", item_codes, dtype=pl.Int32)
     ).drop("user_id", "item_id")
+    del user_codes, item_codes
     events = order_events(events)  # by user, time, source line: kept from here on
-    # Duplicates: reported now, dropped in one filter with the k-core unless a step between needs the frame.
-    present = report_duplicate_events(events, log, tables.interactions_file)
-    events = events.drop("_key", strict=False)
-    if present is not None:
-        present = ~present
-    if items is not None or config.min_rating is not None or config.repeats != "keep":
-        if present is not None:
-            events, present = events.filter(pl.Series(present)), None
-        in_catalogue = np.zeros(len(item_keys), dtype=bool)
-        if items is not None:
-            in_catalogue = item_keys.is_in(items["item_id"].implode()).to_numpy()
-            dropped = item_keys.is_in(dropped_item_ids.implode()).to_numpy()
-            events = check_known_items(events, in_catalogue, dropped, item_keys, tables, log)
-        require_any_rows(events, tables.interactions_file, "interaction")
-        events = filter_min_rating(events, config.min_rating, log)
-        events = drop_repeats(events, config.repeats, log)
-    else:
-        in_catalogue = np.zeros(len(item_keys), dtype=bool)
-    rows_left = events.height if present is None else int(present.sum())
-    require_any_rows(events.clear() if rows_left == 0 else events, tables.interactions_file, "interaction")
+    b.duplicates = report_duplicate_events(events, b.log, b.tables.interactions_file)
+    b.events = events.drop("_key", strict=False)
 
+
+def _filter_events(b: _Build) -> None:
+    """Events of unknown items, below ``min_rating`` and repeats. Only when one of these applies are the
+    duplicates filtered here; otherwise they stay pending for the k-core pass."""
+    config = b.config
+    b.in_catalogue = np.zeros(len(b.item_keys), dtype=bool)
+    if b.items is None and config.min_rating is None and config.repeats == "keep":
+        return
+    if b.duplicates is not None:
+        b.events, b.duplicates = b.events.filter(pl.Series(~b.duplicates)), None
+    if b.items is not None:
+        b.in_catalogue = b.item_keys.is_in(b.items["item_id"].implode()).to_numpy()
+        dropped = b.item_keys.is_in(b.dropped_item_ids.implode()).to_numpy()
+        b.events = check_known_items(b.events, b.in_catalogue, dropped, b.item_keys, b.tables, b.log)
+    require_any_rows(b.events, b.tables.interactions_file, "interaction")
+    b.events = filter_min_rating(b.events, config.min_rating, b.log)
+    b.events = drop_repeats(b.events, config.repeats, b.log)
+
+
+def _kcore(b: _Build) -> None:
+    """Iterative k-core over the events in play; drops the pending duplicates with it. Afterwards
+    ``events`` holds exactly the kept events and source lines are gone (the order is final)."""
+    config, events = b.config, b.events
+    rows_left = b.rows_in_play()
+    require_any_rows(events.clear() if rows_left == 0 else events, b.tables.interactions_file, "interaction")
+    present = None if b.duplicates is None else ~b.duplicates
     item_codes = events["_i"].to_numpy()
-    ever_seen = np.zeros(len(item_keys), dtype=bool)
-    ever_seen[item_codes if present is None else item_codes[present]] = True
+    b.ever_seen = np.zeros(len(b.item_keys), dtype=bool)
+    b.ever_seen[item_codes if present is None else item_codes[present]] = True
     keep = kcore_mask(events["_u"].to_numpy(), item_codes, config.kcore, present)
-    log.count("kcore", rows_left - int(keep.sum()))
-    facts: dict = {"warnings": []}
+    b.log.count("kcore", rows_left - int(keep.sum()))
     if "split" in events.columns:  # a split given by the source: say what the k-core took from each part
         removed = ~keep if present is None else present & ~keep
         taken = events.filter(pl.Series(removed))["split"].value_counts()
         per_split = {split: 0 for split in SPLITS} | dict(zip(taken["split"].to_list(), taken["count"].to_list()))
-        facts["kcore_removed_per_split"] = per_split
+        b.facts["kcore_removed_per_split"] = per_split
         if per_split["valid"] or per_split["test"]:
-            facts["warnings"].append(
+            b.facts["warnings"].append(
                 f"the source's split is kept, but the {config.kcore}-core filter removed {per_split['valid']:,} valid and "
                 f"{per_split['test']:,} test rows of it (and {per_split['train']:,} train rows); "
                 "pass --kcore 0 to keep the split exactly as given"
             )
-    events = events.drop(LINE).filter(pl.Series(keep))  # the order is final: lines are no longer needed
-    require_any_rows(events, tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
+    b.events, b.duplicates = events.drop(LINE).filter(pl.Series(keep)), None
+    require_any_rows(b.events, b.tables.interactions_file, f"interaction (after the {config.kcore}-core filter)")
 
-    # Kept items: those with a kept event, plus catalogue items that never had an event.
-    item_has_event = np.zeros(len(item_keys), dtype=bool)
-    item_has_event[events["_i"].to_numpy()] = True
-    catalogue_only = in_catalogue & ~ever_seen
-    if items is not None:
-        if config.catalogue_only == "drop":
-            log.count("catalogue_only", int(catalogue_only.sum()), items=True)
+
+def _renumber(b: _Build) -> None:
+    """Kept users and items (items with a kept event, plus catalogue items that never had one) get
+    contiguous ``user_idx`` / ``item_idx`` in code order, so the (user, time, line) order still holds."""
+    item_has_event = np.zeros(len(b.item_keys), dtype=bool)
+    item_has_event[b.events["_i"].to_numpy()] = True
+    catalogue_only = b.in_catalogue & ~b.ever_seen
+    if b.items is not None:
+        if b.config.catalogue_only == "drop":
+            b.log.count("catalogue_only", int(catalogue_only.sum()), items=True)
             catalogue_only[:] = False
-        log.count("filtered_out_with_their_events", int((in_catalogue & ever_seen & ~item_has_event).sum()), items=True)
-    item_kept = item_has_event | catalogue_only
-    item_new = np.cumsum(item_kept) - 1
-    user_kept = np.zeros(len(user_keys), dtype=bool)
-    user_kept[events["_u"].to_numpy()] = True
-    user_new = np.cumsum(user_kept) - 1
-
-    # New ids keep the order of the codes, so the (user, time, line) order still holds.
-    events = events.with_columns(
-        pl.Series("user_idx", user_new[events["_u"].to_numpy()], dtype=pl.Int32),
-        pl.Series("item_idx", item_new[events["_i"].to_numpy()], dtype=pl.Int32),
+        b.log.count("filtered_out_with_their_events", int((b.in_catalogue & b.ever_seen & ~item_has_event).sum()), items=True)
+    b.facts["catalogue_only_items"] = int(catalogue_only.sum())
+    b.item_kept = item_has_event | catalogue_only
+    b.user_kept = np.zeros(len(b.user_keys), dtype=bool)
+    b.user_kept[b.events["_u"].to_numpy()] = True
+    item_new = np.cumsum(b.item_kept) - 1
+    user_new = np.cumsum(b.user_kept) - 1
+    b.events = b.events.with_columns(
+        pl.Series("user_idx", user_new[b.events["_u"].to_numpy()], dtype=pl.Int32),
+        pl.Series("item_idx", item_new[b.events["_i"].to_numpy()], dtype=pl.Int32),
     )
 
-    facts |= {"rows_read": rows_read, "items_read": items_read, "catalogue_only_items": int(catalogue_only.sum())}
+
+def _assign_splits(b: _Build) -> None:
+    """The split of every event (the source's own, leave-one-out or temporal) and the interactions table."""
+    events, config = b.events, b.config
     if "split" in events.columns:
         split_codes = events["split"].cast(SPLIT_DTYPE)
-        facts["split"] = "source"
+        b.facts["split"] = "source"
     elif config.split == "loo":
         codes, short = loo_splits(events["user_idx"].to_numpy())
         split_codes = pl.Series(SPLITS, dtype=SPLIT_DTYPE).gather(codes)
-        facts["split"] = "loo"
-        facts["loo_users_without_valid_test"] = short
+        b.facts["split"] = "loo"
+        b.facts["loo_users_without_valid_test"] = short
     else:
-        if tables.ts_kind != "time":
+        if b.tables.ts_kind != "time":
             raise ConfigError(
-                f"{tables.interactions_file} orders events by position, without wall-clock time: "
+                f"{b.tables.interactions_file} orders events by position, without wall-clock time: "
                 "a temporal split needs timestamps. Use --split loo."
             )
         codes, cuts = temporal_splits(events["ts"].to_numpy(), config.valid_fraction, config.test_fraction)
         split_codes = pl.Series(SPLITS, dtype=SPLIT_DTYPE).gather(codes)
-        facts["split"] = "temporal"
-        facts["warnings"] += cuts.pop("warnings")
-        facts["temporal_cuts"] = cuts
-    interactions = events.select(
-        "user_idx", "item_idx", pl.col("ts").cast(pl.Int64), split_codes.alias("split")
-    )
+        b.facts["split"] = "temporal"
+        b.facts["warnings"] += cuts.pop("warnings")
+        b.facts["temporal_cuts"] = cuts
+    b.interactions = events.select("user_idx", "item_idx", pl.col("ts").cast(pl.Int64), split_codes.alias("split"))
+    b.events = None
 
-    kept_keys = item_keys.filter(pl.Series(item_kept))
+
+def _item_and_user_tables(b: _Build) -> None:
+    """The item table (ids, text, item-file fields, ``is_cold``) and the user table of the kept ids."""
+    kept_keys = b.item_keys.filter(pl.Series(b.item_kept))
     item_table = pl.DataFrame({"item_idx": pl.Series(np.arange(len(kept_keys)), dtype=pl.Int32), "item_id": kept_keys})
-    if items is not None:
-        fields = [c for c in items.columns if c not in ("item_id", "text", LINE)]
-        item_table = item_table.join(items.select("item_id", "text", *fields), on="item_id", how="left", maintain_order="left")
+    if b.items is not None:
+        fields = [c for c in b.items.columns if c not in ("item_id", "text", LINE)]
+        item_table = item_table.join(b.items.select("item_id", "text", *fields), on="item_id", how="left", maintain_order="left")
     else:
         item_table = item_table.with_columns(pl.lit("").alias("text"))
-    facts["per_split"], train_count = split_counts(interactions, item_table.height)
-    item_table = item_table.with_columns(pl.col("text").fill_null(""), pl.Series("is_cold", train_count == 0))
-    users = pl.DataFrame(
-        {"user_idx": pl.Series(np.arange(int(user_kept.sum())), dtype=pl.Int32), "user_id": user_keys.filter(pl.Series(user_kept))}
+    b.facts["per_split"], train_count = split_counts(b.interactions, item_table.height)
+    b.item_table = item_table.with_columns(pl.col("text").fill_null(""), pl.Series("is_cold", train_count == 0))
+    b.users = pl.DataFrame(
+        {"user_idx": pl.Series(np.arange(int(b.user_kept.sum())), dtype=pl.Int32), "user_id": b.user_keys.filter(pl.Series(b.user_kept))}
     )
-    return interactions, item_table, users, facts
+
+
+#: The steps of :func:`build_tables`, in order; each moves the one :class:`_Build` state forward.
+BUILD_STEPS = (_read_checked, _encode_and_order, _filter_events, _kcore, _renumber, _assign_splits, _item_and_user_tables)
+
+
+def build_tables(tables: SourceTables, config: PrepareConfig, log: RowLog) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
+    """Run every step (:data:`BUILD_STEPS`) on a read source; return (interactions, items, users, facts for the manifest)."""
+    state = _Build(tables, config, log)
+    for step in BUILD_STEPS:
+        step(state)
+    return state.interactions, state.item_table, state.users, state.facts
 
 
 def _counts(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, log: RowLog, facts: dict) -> dict:
