@@ -102,6 +102,32 @@ def expand_set(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def expand_aliases(argv: Sequence[str], aliases: Mapping[str, str] | None) -> list[str]:
+    """Rewrite a command's documented flags (``--epochs 5``, ``--epochs=5``) as their dotted keys (``--max_epochs=5``).
+
+    Example:
+        >>> expand_aliases(["--epochs", "5", "--dim=8"], {"--epochs": "max_epochs", "--dim": "hidden_size"})
+        ['--max_epochs=5', '--hidden_size=8']
+    """
+    if not aliases:
+        return list(argv)
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        flag, eq, value = items[i].partition("=")
+        if flag in aliases:
+            if not eq:
+                if i + 1 >= len(items):
+                    raise ConfigError(f"{COMMAND_LINE} ({flag}): {aliases[flag]}: expected one value")
+                value, i = items[i + 1], i + 1
+            out.append(f"--{aliases[flag]}={value}")
+        else:
+            out.append(items[i])
+        i += 1
+    return out
+
+
 def split_override(text: str) -> tuple[str, str]:
     """``"trainer.max_epochs=3"`` -> ``("trainer.max_epochs", "3")``; raises ConfigError without ``=``.
 
@@ -132,8 +158,12 @@ def override_args(overrides: Mapping[str, Any] | None) -> list[str]:
 # --------------------------------------------------------------------------- locating errors
 
 
-def argv_sources(argv: Sequence[str]) -> list[tuple[str, Any]]:
-    """(label, values) of every config file and every dotted flag of ``argv``, in order."""
+def argv_sources(argv: Sequence[str], flags: Mapping[str, str] | None = None) -> list[tuple[str, Any]]:
+    """(label, values) of every config file and every dotted flag of ``argv``, in order.
+
+    ``flags`` maps a dotted key to the documented flag the user typed for it (``{"max_epochs": "--epochs"}``),
+    so messages name that flag."""
+    flags = flags or {}
     import yaml
 
     sources: list[tuple[str, Any]] = []
@@ -153,7 +183,7 @@ def argv_sources(argv: Sequence[str]) -> list[tuple[str, Any]]:
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = True
-            sources.append((f"{COMMAND_LINE} (--{key})", tree))
+            sources.append((f"{COMMAND_LINE} ({flags.get(key, '--' + key)})", tree))
     return sources
 
 
@@ -256,6 +286,7 @@ def parse_command(
     prog: str,
     description: str = "",
     extra: Callable[[Any], None] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> tuple[T, Any]:
     """Parse a command's arguments into ``cls`` and validate it (``cls.validate()`` when defined).
 
@@ -265,6 +296,8 @@ def parse_command(
         prog: program name for usage lines and ``--help``.
         description: first line of ``--help``.
         extra: adds options that are not config keys (see :func:`config_parser`).
+        aliases: a command's documented flags for config keys (``{"--epochs": "max_epochs"}``);
+            both spellings work, and messages name the flag as typed.
 
     Returns:
         (the config, the parsed namespace: extra options are read from it).
@@ -276,10 +309,12 @@ def parse_command(
     Example:
         >>> cfg, ns = parse_command(TrainJobConfig, ["--config", "configs/setrec-t5-demo.yaml"], "recsys train")
     """
-    argv = expand_set(argv)
+    typed = {key: flag for flag, key in (aliases or {}).items()
+             if any(arg == flag or arg.startswith(flag + "=") for arg in argv)}
+    argv = expand_aliases(expand_set(argv), aliases)
     if "--help" not in argv and "-h" not in argv:
         _check_files(argv)
-    return _parse(cls, lambda parser: parser.parse_args(argv), argv_sources(argv), prog, description, extra)
+    return _parse(cls, lambda parser: parser.parse_args(argv), argv_sources(argv, typed), prog, description, extra)
 
 
 def load_config(

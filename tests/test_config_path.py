@@ -100,3 +100,49 @@ def test_benchmark_method_overrides_are_typed_by_their_kind(tmp_path):
     config = parse_benchmark_config({**base, "evaluation": {"exclude_history": "no"},
                                      "methods": [{"name": "p", "kind": "popularity"}]})
     assert config.evaluation.exclude_history is False
+
+
+# --------------------------------------------------------------------------- the other commands and loaders
+
+#: Commands parsed through recsys.config besides train and benchmark quality:
+#: (argv before the config keys, its documented short flag for an int key, that key, a sample of valid flags).
+OTHER_COMMANDS = {
+    "tokenize cf": (["tokenize", "cf", "--data", "d", "--out", "o"], "--epochs", "max_epochs", ["--dim", "8", "--set", "lr=0.01"]),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_COMMANDS))
+def test_other_commands_refuse_wrong_types_and_unknown_keys_in_flags_and_files(name, tmp_path, capsys):
+    prefix, flag, key, valid = OTHER_COMMANDS[name]
+    assert main([*prefix, f"{flag}", "three"]) == 2
+    assert f"command line ({flag}): {key}: Expected a <class 'int'>" in capsys.readouterr().err
+    assert main([*prefix, f"--{key}=three"]) == 2
+    assert f"command line (--{key}): {key}: Expected a <class 'int'>" in capsys.readouterr().err
+    assert main([*prefix, "--set", f"{key}x=3"]) == 2
+    assert f"{key}x: unknown key" in capsys.readouterr().err
+    assert main([*prefix, f"--{key[:-2]}=3"]) == 2  # allow_abbrev=False
+    assert "unknown key" in capsys.readouterr().err
+    for bad, problem in (({key: "three"}, "Expected a <class 'int'>"), ({"no_such_key": 1}, "unknown key")):
+        path = tmp_path / f"{name.replace(' ', '-')}-{next(iter(bad))}.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        assert main([*prefix, "--config", str(path)]) == 2
+        assert f"{path}: {next(iter(bad))}: {problem}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # the documented flags, dotted keys and --set compose; --print_config shows them
+        main([*prefix, *valid, flag, "7", "--print_config"])
+    assert stop.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)[key] == 7
+
+
+def test_bundle_model_config_goes_through_the_config_path():
+    """SetRecConfig.from_dict (a bundle's model_config) checks keys and types, naming where and the key."""
+    from recsys.models.setrec import LoraSettings, SetRecConfig
+
+    config = SetRecConfig(backbone="qwen", preset="tiny", lora=LoraSettings(rank=4))
+    assert SetRecConfig.from_dict(config.to_dict()) == config
+    values = SetRecConfig(backbone="t5", preset="tiny").to_dict()
+    with pytest.raises(ConfigError, match=r"b/manifest.json: model_config: num_semantic_tokens: Expected a <class 'int'>"):
+        SetRecConfig.from_dict({**values, "num_semantic_tokens": "four"}, where="b/manifest.json: model_config")
+    with pytest.raises(ConfigError, match=r"model_config: hidden: unknown key"):
+        SetRecConfig.from_dict({**values, "hidden": 1}, where="model_config")
+    with pytest.raises(ConfigError, match=r"model_config: backbone: Expected a typing.Literal"):
+        SetRecConfig.from_dict({**values, "backbone": "gpt"}, where="model_config")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -172,14 +172,18 @@ class SetRecConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SetRecConfig":
-        values = dict(values)
-        if values.get("lora") is not None:
-            values["lora"] = LoraSettings(**values["lora"])
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown model config fields {sorted(unknown)}")
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any], where: str = "model config") -> "SetRecConfig":
+        """Build from a mapping (a bundle's ``model_config``) through the one config path (:mod:`recsys.config`).
+
+        Keys and types are checked (closed choices included); errors are ``ConfigError`` naming ``where``
+        and the dotted key. Cross-field checks are :meth:`validate`'s, as before.
+
+        Example:
+            >>> SetRecConfig.from_dict({"backbone": "t5", "preset": "tiny"}, where="bundle/manifest.json: model_config")
+        """
+        from recsys.config import config_from_values
+
+        return config_from_values(cls, values, where=where, validate=False)
 
 
 def pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:

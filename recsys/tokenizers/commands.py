@@ -31,19 +31,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("tokenize", help="build item tokenizers (CF, semantic, ids, token tables)")
     sub = parser.add_subparsers(dest="tokenize_command", metavar="TOKENIZER", required=True)
 
-    cf = sub.add_parser("cf", help="CF item embeddings: train SASRec on the train split, or import external ones")
-    cf.add_argument("--data", required=True, help="prepared dataset folder")
-    cf.add_argument("--out", required=True, help="output folder (cf_embeddings.safetensors, manifest.json)")
-    cf.add_argument("--import", dest="import_path", default=None, help="import embeddings (.npy, .safetensors, .parquet) instead of training")
-    sasrec = cf.add_argument_group("SASRec training (default: the SASRecConfig defaults)")
-    for flag, field, kind, text in _SASREC_FLAGS:
-        sasrec.add_argument(flag, dest=f"sasrec_{field}", type=kind, default=None, help=text, metavar=flag.lstrip("-").upper().replace("-", "_"))
-    cf.add_argument("--semantic", default=None,
-                    help="text embeddings folder (`recsys tokenize semantic`): needed by --align con|gen; with it, items "
-                         "without a train interaction get CF embeddings predicted from their text (map fitted on warm items)")
-    cf.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 is fastest on a busy machine)")
-    cf.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
-    cf.set_defaults(func=run_cf)
+    cf = sub.add_parser("cf", help="CF item embeddings: train SASRec on the train split, or import external ones",
+                        description=CF_DESCRIPTION, add_help=False)
+    cf.set_defaults(func=run_cf, config_args=True)  # parsed through recsys.config (SASRecConfig keys)
 
     sem = sub.add_parser("semantic", help="text embeddings of every item text (cached)")
     sem.add_argument("--data", required=True, help="prepared dataset folder")
@@ -100,40 +90,72 @@ def _encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-#: (flag, SASRecConfig field, type, help) of the SASRec flags of ``recsys tokenize cf``.
-_SASREC_FLAGS = (
-    ("--epochs", "max_epochs", int, "most training epochs"),
-    ("--patience", "patience", int, "validation rounds without a better NDCG@10 before stopping"),
-    ("--dim", "hidden_size", int, "embedding size (the CF dimension)"),
-    ("--layers", "num_layers", int, "Transformer blocks"),
-    ("--heads", "num_heads", int, "attention heads"),
-    ("--max-len", "max_len", int, "history items read"),
-    ("--dropout", "dropout", float, "dropout of embeddings and residual branches"),
-    ("--lr", "lr", float, "Adam learning rate"),
-    ("--batch-size", "batch_size", int, "training prefixes per step (--train-samples prefixes)"),
-    ("--window-batch-size", "window_batch_size", int, "training windows per step (--train-samples windows)"),
-    ("--seed", "seed", int, "seed of initialisation and shuffling"),
-    ("--train-samples", "train_samples", str, "'windows' (fast path) or 'prefixes' (reference batching)"),
-    ("--accelerator", "accelerator", str, "Lightning accelerator (auto, cpu, gpu)"),
-    ("--align", "align", str, "RLMRec CF-text alignment: 'con' (contrastive), 'gen' (generative) or 'none' (default)"),
-    ("--align-weight", "align_weight", float, "weight of the alignment loss"),
-    ("--align-temperature", "align_temperature", float, "InfoNCE temperature of the alignment"),
-    ("--align-mask-ratio", "align_mask_ratio", float, "--align gen: share of history inputs masked"),
+#: The documented SASRec flags of ``recsys tokenize cf`` -> their SASRecConfig key (``--epochs 5`` is ``--max_epochs=5``).
+SASREC_FLAGS = {
+    "--epochs": "max_epochs",
+    "--patience": "patience",
+    "--dim": "hidden_size",
+    "--layers": "num_layers",
+    "--heads": "num_heads",
+    "--max-len": "max_len",
+    "--dropout": "dropout",
+    "--lr": "lr",
+    "--batch-size": "batch_size",
+    "--window-batch-size": "window_batch_size",
+    "--seed": "seed",
+    "--train-samples": "train_samples",
+    "--accelerator": "accelerator",
+    "--align": "align",
+    "--align-weight": "align_weight",
+    "--align-temperature": "align_temperature",
+    "--align-mask-ratio": "align_mask_ratio",
+}
+
+CF_DESCRIPTION = (
+    "CF item embeddings: train SASRec on the train split (or --import external ones). The SASRec settings are "
+    "SASRecConfig keys: --config FILE (YAML, repeatable), dotted flags (--max_epochs=5, --set max_epochs=5) or the "
+    "short flags " + ", ".join(f"{flag} (= --{key})" if flag[2:] != key else flag for flag, key in SASREC_FLAGS.items())
+    + "; --print_config prints them."
 )
 
 
-def _sasrec_config(args: argparse.Namespace):
+def cf_options(parser) -> None:
+    """The options of ``recsys tokenize cf`` that are not SASRec keys."""
+    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--out", required=True, help="output folder (cf_embeddings.safetensors, manifest.json)")
+    parser.add_argument("--import", dest="import_path", default=None,
+                        help="import embeddings (.npy, .safetensors, .parquet) instead of training")
+    parser.add_argument("--semantic", default=None,
+                        help="text embeddings folder (`recsys tokenize semantic`): needed by --align con|gen; with it, items "
+                             "without a train interaction get CF embeddings predicted from their text (map fitted on warm items)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 is fastest on a busy machine)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
+
+
+def parse_cf_args(argv: list[str]):
+    """``recsys tokenize cf`` arguments -> (SASRecConfig, the SASRec keys given, command options).
+
+    Example:
+        >>> config, given, options = parse_cf_args(["--data", "d", "--out", "o", "--epochs", "5"])
+    """
+    import dataclasses
+
+    from recsys.config import expand_aliases, expand_set, parse_command
     from recsys.models.sasrec import SASRecConfig
 
-    given = {field: getattr(args, f"sasrec_{field}") for _, field, _, _ in _SASREC_FLAGS if getattr(args, f"sasrec_{field}", None) is not None}
-    return SASRecConfig(**given), given
+    config, options = parse_command(SASRecConfig, argv, "recsys tokenize cf", CF_DESCRIPTION, extra=cf_options, aliases=SASREC_FLAGS)
+    fields = {f.name for f in dataclasses.fields(SASRecConfig)}
+    expanded = expand_aliases(expand_set(argv), SASREC_FLAGS)
+    given = sorted({arg[2:].split("=", 1)[0] for arg in expanded if arg.startswith("--")} & (fields | {"config"}))
+    return config, given, options
 
 
 def run_cf(args: argparse.Namespace) -> int:
     """``recsys tokenize cf``: train SASRec CF embeddings, or import external ones."""
     from recsys.tokenizers.cf import cf_manifest, import_cf_embeddings, train_cf_embeddings
 
-    config, given = _sasrec_config(args)
+    config, given, options = parse_cf_args(args.argv)
+    args = options
     if args.threads is not None:
         import torch
 
