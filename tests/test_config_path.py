@@ -108,6 +108,8 @@ def test_benchmark_method_overrides_are_typed_by_their_kind(tmp_path):
 #: (argv before the config keys, its documented short flag for an int key, that key, a sample of valid flags).
 OTHER_COMMANDS = {
     "tokenize cf": (["tokenize", "cf", "--data", "d", "--out", "o"], "--epochs", "max_epochs", ["--dim", "8", "--set", "lr=0.01"]),
+    "data prepare": (["data", "prepare", "--source", "s", "--out", "o"], "--max-text-chars", "max_text_chars",
+                     ["--kcore", "0", "--min-rating", "4", "--set", "split=temporal"]),
 }
 
 
@@ -146,3 +148,12 @@ def test_bundle_model_config_goes_through_the_config_path():
         SetRecConfig.from_dict({**values, "hidden": 1}, where="model_config")
     with pytest.raises(ConfigError, match=r"model_config: backbone: Expected a typing.Literal"):
         SetRecConfig.from_dict({**values, "backbone": "gpt"}, where="model_config")
+
+
+def test_prepare_config_formats_are_the_readers():
+    from typing import get_args
+
+    from recsys.pipelines.prepare import SourceFormat
+    from recsys.pipelines.readers import FORMATS
+
+    assert get_args(SourceFormat) == FORMATS

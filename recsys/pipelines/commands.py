@@ -10,35 +10,37 @@ from __future__ import annotations
 
 import argparse
 
-FORMATS = ("auto", "movielens-100k", "movielens-dat", "recbole", "amazon2018", "amazon2023", "generic")
+#: The documented flags of ``recsys data prepare`` whose PrepareConfig key is spelt with "_".
+PREPARE_FLAGS = {
+    "--min-rating": "min_rating",
+    "--on-bad-rows": "on_bad_rows",
+    "--valid-fraction": "valid_fraction",
+    "--test-fraction": "test_fraction",
+    "--max-text-chars": "max_text_chars",
+    "--catalogue-only": "catalogue_only",
+}
+PREPARE_DESCRIPTION = (
+    "Read a source, check and clean it, split it and write a prepared dataset directory. The options are "
+    "PrepareConfig keys: flags (--kcore 0, --min-rating 4, or --min_rating=4, --set kcore=0), --config FILE (YAML, "
+    "repeatable); --print_config prints them."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data prepare`` and ``data stats`` to the ``recsys`` parser."""
+    """Add ``data prepare`` and ``data stats`` to the ``recsys`` parser.
+
+    ``data prepare`` parses its arguments through :mod:`recsys.config` (``config_args=True``).
+    """
     data = subparsers.add_parser("data", help="prepare datasets and show their statistics")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     prep = actions.add_parser(
         "prepare",
         help="turn a source into a prepared dataset (Parquet tables + manifest.json)",
-        description="Read a source, check and clean it, split it and write a prepared dataset directory.",
+        description=PREPARE_DESCRIPTION,
+        add_help=False,
     )
-    prep.add_argument("--source", required=True, help="a directory or file, or 'ml-100k' (embedded default)")
-    prep.add_argument("--out", required=True, help="output directory (replaced atomically if it is a prepared dataset)")
-    prep.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detect)")
-    prep.add_argument("--kcore", type=int, default=5, help="iterative k-core threshold; 0 keeps everything (default 5)")
-    prep.add_argument("--split", default="loo", choices=("loo", "temporal"), help="split rule (default loo)")
-    prep.add_argument("--min-rating", type=float, default=None, help="drop events rated below R")
-    prep.add_argument("--on-bad-rows", default="error", choices=("error", "drop"),
-                      help="stop at the first bad row (default) or drop and count bad rows")
-    prep.add_argument("--repeats", default="keep", choices=("keep", "first"),
-                      help="repeated (user, item) pairs: keep all (default) or only the first")
-    prep.add_argument("--valid-fraction", type=float, default=0.1, help="temporal split: valid share (default 0.1)")
-    prep.add_argument("--test-fraction", type=float, default=0.1, help="temporal split: test share (default 0.1)")
-    prep.add_argument("--max-text-chars", type=int, default=2000, help="item text length bound (default 2000)")
-    prep.add_argument("--catalogue-only", default="keep", choices=("keep", "drop"),
-                      help="items of the item file without any event: keep as cold items (default) or drop")
-    prep.set_defaults(func=run_prepare)
+    prep.set_defaults(func=run_prepare, config_args=True)
 
     stats = actions.add_parser("stats", help="print the statistics of a prepared dataset")
     stats.add_argument("dir", help="a directory written by `recsys data prepare`")
@@ -46,31 +48,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=run_stats)
 
 
+def parse_prepare_args(argv: list[str]):
+    """``recsys data prepare`` arguments -> PrepareConfig, through the one config path.
+
+    Example:
+        >>> parse_prepare_args(["--source", "ml-100k", "--out", "data/ml-100k", "--kcore", "0"]).kcore
+        0
+    """
+    from recsys.config import parse_command
+    from recsys.pipelines.prepare import PrepareConfig
+
+    config, _ = parse_command(PrepareConfig, argv, "recsys data prepare", PREPARE_DESCRIPTION, aliases=PREPARE_FLAGS)
+    return config
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     """Handler of ``recsys data prepare``."""
-    from recsys.pipelines.prepare import PrepareConfig, prepare
+    from recsys.pipelines.prepare import prepare
 
-    config = PrepareConfig(
-        source=args.source,
-        out=args.out,
-        format=args.format,
-        kcore=args.kcore,
-        split=args.split,
-        min_rating=args.min_rating,
-        on_bad_rows=args.on_bad_rows,
-        repeats=args.repeats,
-        valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction,
-        max_text_chars=args.max_text_chars,
-        catalogue_only=args.catalogue_only,
-    )
+    config = parse_prepare_args(args.argv)
     import sys
 
     manifest = prepare(config)
     counts = manifest["counts"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in counts["rows_dropped"].items()) or "none"
     print(
-        f"prepared {args.out} ({manifest['source']['format']}, fingerprint {manifest['fingerprint']}): "
+        f"prepared {config.out} ({manifest['source']['format']}, fingerprint {manifest['fingerprint']}): "
         f"{counts['users']:,} users, {counts['items']:,} items ({counts['cold_items']:,} cold), "
         f"{counts['interactions']:,} interactions of {counts['rows_read']:,} read; dropped: {dropped}; "
         f"{manifest['seconds']} s"

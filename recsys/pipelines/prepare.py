@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -57,6 +58,8 @@ from recsys.pipelines.validate import check_interactions, check_items, check_kno
 SCHEMA_VERSION = 1
 EMBEDDED = ("ml-100k",)
 OUTPUT_TABLES = ("interactions.parquet", "items.parquet", "users.parquet")
+#: Source formats (``recsys.pipelines.readers.FORMATS``; a test keeps the two equal).
+SourceFormat = Literal["auto", "movielens-100k", "movielens-dat", "recbole", "amazon2018", "amazon2023", "generic"]
 
 
 @dataclass
@@ -67,18 +70,18 @@ class PrepareConfig:
     """A path (directory or file) or the name of an embedded dataset ("ml-100k")."""
     out: str
     """The output directory; replaced atomically when it holds a previous prepared dataset."""
-    format: str = "auto"
+    format: SourceFormat = "auto"
     """Source format (see recsys.pipelines.readers.READERS), or "auto" to detect it."""
     kcore: int = 5
     """Iterative k-core: keep users and items with at least this many events (0 or 1: no filter)."""
-    split: str = "loo"
+    split: Literal["loo", "temporal"] = "loo"
     """"loo" (per user: last event test, second last valid) or "temporal" (global time cuts).
     A source with a split column keeps its own split."""
     min_rating: float | None = None
     """Drop events rated below this (None keeps all); needs a rating column."""
-    on_bad_rows: str = "error"
+    on_bad_rows: Literal["error", "drop"] = "error"
     """"error": stop at the first bad row, naming file, line and column; "drop": drop and count."""
-    repeats: str = "keep"
+    repeats: Literal["keep", "first"] = "keep"
     """Repeated (user, item) pairs at different times: "keep" all, or keep the "first" only."""
     valid_fraction: float = 0.1
     """Temporal split: share of the latest events (before the test ones) that is valid."""
@@ -86,7 +89,7 @@ class PrepareConfig:
     """Temporal split: share of the latest events that is test."""
     max_text_chars: int = 2000
     """Item texts longer than this are cut."""
-    catalogue_only: str = "keep"
+    catalogue_only: Literal["keep", "drop"] = "keep"
     """Items of the item file without any event: "keep" them (as cold items) or "drop" them."""
 
 
