@@ -425,18 +425,29 @@ def register(subparsers) -> None:
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
     import yaml
 
+    from recsys.config import split_override
+
     overrides = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+        key, value = split_override(item)
+        overrides[key] = yaml.safe_load(value)
     return overrides
+
+
+def check_overrides(train_config: str, items: list[str]) -> None:
+    """Type-check the ``--set`` items against the training config through the one config path (:mod:`recsys.config`),
+    before any step runs: an unknown key or a wrong type fails at once, naming the flag and the key."""
+    from recsys.config import parse_command
+    from recsys.training.setrec_config import TrainJobConfig
+
+    parse_command(TrainJobConfig, ["--config", train_config, *[arg for item in items for arg in ("--set", item)]], "recsys demo")
 
 
 def _run(args: argparse.Namespace) -> int:
     config = DemoConfig(size=args.size, root=args.root, source=args.source, train_config=args.config,
                         overrides=_parse_overrides(args.set), serve=not args.no_serve, engine=args.engine,
                         sample_user=args.sample_user)
+    config.validate()
+    check_overrides(config.train_config, args.set)
     run_demo(config)
     return 0

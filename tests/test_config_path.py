@@ -157,3 +157,14 @@ def test_prepare_config_formats_are_the_readers():
     from recsys.pipelines.readers import FORMATS
 
     assert get_args(SourceFormat) == FORMATS
+
+
+def test_demo_set_overrides_are_checked_before_any_step(tmp_path, capsys):
+    """`recsys demo --set KEY=VALUE` goes through the training config's path at once (nothing is prepared first)."""
+    config = str(next(p for p, c in SHIPPED.items() if c == ("train",)))
+    base = ["demo", "--root", str(tmp_path / "runs"), "--config", config, "--no-serve"]
+    assert main([*base, "--set", "trainer.max_epochs=three"]) == 2
+    assert "command line (--trainer.max_epochs): trainer.max_epochs: Expected a <class 'int'>" in capsys.readouterr().err
+    assert main([*base, "--set", "trainer.no_such_key=1"]) == 2
+    assert "trainer.no_such_key: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
