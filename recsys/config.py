@@ -105,9 +105,13 @@ def expand_set(argv: Sequence[str]) -> list[str]:
 def expand_aliases(argv: Sequence[str], aliases: Mapping[str, str] | None) -> list[str]:
     """Rewrite a command's documented flags (``--epochs 5``, ``--epochs=5``) as their dotted keys (``--max_epochs=5``).
 
+    An alias whose target holds ``=`` is a switch that takes no value (``{"--no-exclude-history": "exclude_history=false"}``).
+
     Example:
         >>> expand_aliases(["--epochs", "5", "--dim=8"], {"--epochs": "max_epochs", "--dim": "hidden_size"})
         ['--max_epochs=5', '--hidden_size=8']
+        >>> expand_aliases(["--no-cache"], {"--no-cache": "use_cache=false"})
+        ['--use_cache=false']
     """
     if not aliases:
         return list(argv)
@@ -116,7 +120,12 @@ def expand_aliases(argv: Sequence[str], aliases: Mapping[str, str] | None) -> li
     i = 0
     while i < len(items):
         flag, eq, value = items[i].partition("=")
-        if flag in aliases:
+        if flag in aliases and "=" in aliases[flag]:
+            if eq:
+                key = aliases[flag].split("=", 1)[0]
+                raise ConfigError(f"{COMMAND_LINE} ({flag}): {key}: {flag} takes no value")
+            out.append(f"--{aliases[flag]}")
+        elif flag in aliases:
             if not eq:
                 if i + 1 >= len(items):
                     raise ConfigError(f"{COMMAND_LINE} ({flag}): {aliases[flag]}: expected one value")
@@ -309,7 +318,7 @@ def parse_command(
     Example:
         >>> cfg, ns = parse_command(TrainJobConfig, ["--config", "configs/setrec-t5-demo.yaml"], "recsys train")
     """
-    typed = {key: flag for flag, key in (aliases or {}).items()
+    typed = {key.split("=", 1)[0]: flag for flag, key in (aliases or {}).items()
              if any(arg == flag or arg.startswith(flag + "=") for arg in argv)}
     argv = expand_aliases(expand_set(argv), aliases)
     if "--help" not in argv and "-h" not in argv:

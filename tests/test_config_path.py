@@ -110,6 +110,8 @@ OTHER_COMMANDS = {
     "tokenize cf": (["tokenize", "cf", "--data", "d", "--out", "o"], "--epochs", "max_epochs", ["--dim", "8", "--set", "lr=0.01"]),
     "data prepare": (["data", "prepare", "--source", "s", "--out", "o"], "--max-text-chars", "max_text_chars",
                      ["--kcore", "0", "--min-rating", "4", "--set", "split=temporal"]),
+    "evaluate": (["evaluate", "--bundle", "b", "--data", "d"], "--batch-size", "batch_size",
+                 ["--no-exclude-history", "--allow-other-data", "--split", "valid"]),
 }
 
 
@@ -168,3 +170,17 @@ def test_demo_set_overrides_are_checked_before_any_step(tmp_path, capsys):
     assert main([*base, "--set", "trainer.no_such_key=1"]) == 2
     assert "trainer.no_such_key: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_switch_flags_are_aliases_of_bool_keys():
+    from recsys.evaluation.commands import parse_evaluate_args
+
+    base = ["--bundle", "b", "--data", "d"]
+    assert parse_evaluate_args(base).exclude_history is True and parse_evaluate_args(base).allow_other_data is False
+    config = parse_evaluate_args([*base, "--no-exclude-history", "--allow-other-data"])
+    assert config.exclude_history is False and config.allow_other_data is True
+    assert parse_evaluate_args([*base, "--set", "exclude_history=false"]).exclude_history is False
+    with pytest.raises(ConfigError, match=r"command line \(--no-exclude-history\): exclude_history: .* takes no value"):
+        parse_evaluate_args([*base, "--no-exclude-history=1"])
+    with pytest.raises(ConfigError, match=r"command line: --batch-size must be positive, got 0"):
+        parse_evaluate_args([*base, "--batch-size", "0"])

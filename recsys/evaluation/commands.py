@@ -18,9 +18,66 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from recsys.errors import ArtifactError, ConfigError
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of ``recsys evaluate`` (parsed through :mod:`recsys.config`)."""
+
+    bundle: str
+    """Model bundle folder (set identifiers), or a saved SASRec / TIGER folder."""
+    data: str
+    """Prepared dataset folder the model was trained on."""
+    split: Literal["valid", "test"] = "test"
+    """Split to evaluate."""
+    exclude_history: bool = True
+    """Never rank the user's history items (gold items stay rankable). Default: excluded, as in the training job
+    (exclude_history: true), the benchmark harness and every results table of the README; --no-exclude-history
+    leaves them rankable (lower numbers, not comparable with those tables)."""
+    allow_other_data: bool = False
+    """Evaluate although the model records another dataset fingerprint than --data (or none); refused by default,
+    since the numbers would mean nothing; the output records the override (--allow-other-data)."""
+    batch_size: int = 256
+    """Users per model call."""
+    out: str | None = None
+    """Folder for per_user.parquet, summary.json and summary.md."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+
+
+#: The documented flags of ``recsys evaluate`` -> EvaluateConfig keys (a target with "=" is a switch).
+EVALUATE_FLAGS = {
+    "--exclude-history": "exclude_history=true",
+    "--no-exclude-history": "exclude_history=false",
+    "--allow-other-data": "allow_other_data=true",
+    "--batch-size": "batch_size",
+}
+EVALUATE_DESCRIPTION = (
+    "Full-ranking Recall/NDCG/HR/MRR@5/10/20 of one model, overall and per group (warm/cold gold items, popularity "
+    "terciles, history-length buckets). Options are EvaluateConfig keys: --bundle, --data, --split, --out, "
+    "--batch-size N, --no-exclude-history, --allow-other-data (or --batch_size=N, --set exclude_history=false, "
+    "--config FILE); --print_config prints them."
+)
+
+
+def parse_evaluate_args(argv: list[str]) -> EvaluateConfig:
+    """``recsys evaluate`` arguments -> EvaluateConfig, through the one config path.
+
+    Example:
+        >>> parse_evaluate_args(["--bundle", "b", "--data", "d", "--no-exclude-history"]).exclude_history
+        False
+    """
+    from recsys.config import parse_command
+
+    config, _ = parse_command(EvaluateConfig, argv, "recsys evaluate", EVALUATE_DESCRIPTION, aliases=EVALUATE_FLAGS)
+    return config
 
 
 def _subcommands(subparsers, name: str, help_text: str):
@@ -39,22 +96,10 @@ def register(subparsers) -> None:
     ev = subparsers.add_parser(
         "evaluate",
         help="evaluate one trained model on a prepared dataset (full ranking, groups, per-user Parquet)",
-        description="Full-ranking Recall/NDCG/HR/MRR@5/10/20 of one model, overall and per group "
-        "(warm/cold gold items, popularity terciles, history-length buckets).",
+        description=EVALUATE_DESCRIPTION,
+        add_help=False,
     )
-    ev.add_argument("--bundle", required=True, help="model bundle folder (set identifiers), or a saved SASRec / TIGER folder")
-    ev.add_argument("--data", required=True, help="prepared dataset folder the model was trained on")
-    ev.add_argument("--split", default="test", choices=("valid", "test"), help="split to evaluate (default test)")
-    ev.add_argument("--exclude-history", action=argparse.BooleanOptionalAction, default=True,
-                    help="never rank the user's history items (gold items stay rankable). Default: excluded, as in the "
-                    "training job (exclude_history: true), the benchmark harness and every results table of the README; "
-                    "--no-exclude-history leaves them rankable (lower numbers, not comparable with those tables)")
-    ev.add_argument("--allow-other-data", action="store_true",
-                    help="evaluate although the model records another dataset fingerprint than --data (or none); "
-                    "refused by default, since the numbers would mean nothing; the output records the override")
-    ev.add_argument("--batch-size", type=int, default=256, help="users per model call (default 256)")
-    ev.add_argument("--out", default=None, help="folder for per_user.parquet, summary.json and summary.md")
-    ev.set_defaults(func=run_evaluate)
+    ev.set_defaults(func=run_evaluate, config_args=True)  # parsed through recsys.config (EvaluateConfig)
 
     bench = _subcommands(subparsers, "benchmark", "run benchmarks (quality: every method in one harness, several seeds)")
     quality = bench.add_parser(
@@ -112,8 +157,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from recsys.evaluation.report import summary_markdown
     from recsys.pipelines.prepared import PreparedDataset
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    args = parse_evaluate_args(args.argv)
     from recsys.evaluation.evaluate import check_same_dataset, recorded_dataset_fingerprint
 
     data = PreparedDataset.load(args.data)
