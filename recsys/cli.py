@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recsys`` console script; returns the exit status.
 
-    A subcommand registered with ``set_defaults(config_args=True)`` parses its own arguments
-    through the one config path (:mod:`recsys.config`): it receives them as ``args.argv``.
+    A subcommand registered with ``set_defaults(config_args=<its parse function>)`` parses its own
+    arguments through the one config path (:mod:`recsys.config`): it receives them as ``args.argv``
+    (``args.config_args(args.argv)`` parses them without running the command).
     """
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

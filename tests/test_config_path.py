@@ -112,7 +112,21 @@ OTHER_COMMANDS = {
                      ["--kcore", "0", "--min-rating", "4", "--set", "split=temporal"]),
     "evaluate": (["evaluate", "--bundle", "b", "--data", "d"], "--batch-size", "batch_size",
                  ["--no-exclude-history", "--allow-other-data", "--split", "valid"]),
+    "tokenize semantic": (["tokenize", "semantic", "--data", "d", "--out", "o"], "--batch-size", "encoder.batch_size",
+                          ["--no-cache", "--no-progress", "--encoder", "some/dir", "--set", "encoder.max_length=32"]),
 }
+
+
+def _nested(key: str, value):
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _lookup(tree, key: str):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 @pytest.mark.parametrize("name", list(OTHER_COMMANDS))
@@ -126,15 +140,15 @@ def test_other_commands_refuse_wrong_types_and_unknown_keys_in_flags_and_files(n
     assert f"{key}x: unknown key" in capsys.readouterr().err
     assert main([*prefix, f"--{key[:-2]}=3"]) == 2  # allow_abbrev=False
     assert "unknown key" in capsys.readouterr().err
-    for bad, problem in (({key: "three"}, "Expected a <class 'int'>"), ({"no_such_key": 1}, "unknown key")):
-        path = tmp_path / f"{name.replace(' ', '-')}-{next(iter(bad))}.yaml"
-        path.write_text(yaml.safe_dump(bad))
+    for bad, problem in ((key, "Expected a <class 'int'>"), ("no_such_key", "unknown key")):
+        path = tmp_path / f"{name.replace(' ', '-')}-{bad}.yaml"
+        path.write_text(yaml.safe_dump(_nested(bad, "three" if bad == key else 1)))
         assert main([*prefix, "--config", str(path)]) == 2
-        assert f"{path}: {next(iter(bad))}: {problem}" in capsys.readouterr().err
+        assert f"{path}: {bad}: {problem}" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # the documented flags, dotted keys and --set compose; --print_config shows them
         main([*prefix, *valid, flag, "7", "--print_config"])
     assert stop.value.code == 0
-    assert yaml.safe_load(capsys.readouterr().out)[key] == 7
+    assert _lookup(yaml.safe_load(capsys.readouterr().out), key) == 7
 
 
 def test_bundle_model_config_goes_through_the_config_path():

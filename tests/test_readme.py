@@ -65,5 +65,9 @@ def test_every_command_area_is_installed():
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command):
     parser = build_parser()
-    args = parser.parse_args(shlex.split(command)[1:])
+    args, rest = parser.parse_known_args(shlex.split(command)[1:])
     assert callable(args.func)
+    if getattr(args, "config_args", None):  # the command parses its own arguments (recsys.config)
+        args.config_args(rest)
+    else:
+        assert not rest, f"unrecognized arguments: {rest}"

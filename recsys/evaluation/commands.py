@@ -99,7 +99,7 @@ def register(subparsers) -> None:
         description=EVALUATE_DESCRIPTION,
         add_help=False,
     )
-    ev.set_defaults(func=run_evaluate, config_args=True)  # parsed through recsys.config (EvaluateConfig)
+    ev.set_defaults(func=run_evaluate, config_args=parse_evaluate_args)  # parsed through recsys.config (EvaluateConfig)
 
     bench = _subcommands(subparsers, "benchmark", "run benchmarks (quality: every method in one harness, several seeds)")
     quality = bench.add_parser(
@@ -107,7 +107,7 @@ def register(subparsers) -> None:
         help="train every method of a config with several seeds and compare them in one harness",
         add_help=False,
     )
-    quality.set_defaults(func=run_quality, config_args=True)
+    quality.set_defaults(func=run_quality, config_args=parse_quality_args)
 
     merge = bench.add_parser("merge", help="combine finished quality runs of one dataset (methods run as separate processes)")
     merge.add_argument("--config", required=True, help="the benchmark YAML the runs came from")

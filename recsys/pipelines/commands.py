@@ -29,7 +29,7 @@ PREPARE_DESCRIPTION = (
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data prepare`` and ``data stats`` to the ``recsys`` parser.
 
-    ``data prepare`` parses its arguments through :mod:`recsys.config` (``config_args=True``).
+    ``data prepare`` parses its arguments through :mod:`recsys.config` (``config_args=parse_prepare_args``).
     """
     data = subparsers.add_parser("data", help="prepare datasets and show their statistics")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=PREPARE_DESCRIPTION,
         add_help=False,
     )
-    prep.set_defaults(func=run_prepare, config_args=True)
+    prep.set_defaults(func=run_prepare, config_args=parse_prepare_args)
 
     stats = actions.add_parser("stats", help="print the statistics of a prepared dataset")
     stats.add_argument("dir", help="a directory written by `recsys data prepare`")

@@ -33,13 +33,11 @@ def register(subparsers) -> None:
 
     cf = sub.add_parser("cf", help="CF item embeddings: train SASRec on the train split, or import external ones",
                         description=CF_DESCRIPTION, add_help=False)
-    cf.set_defaults(func=run_cf, config_args=True)  # parsed through recsys.config (SASRecConfig keys)
+    cf.set_defaults(func=run_cf, config_args=parse_cf_args)  # parsed through recsys.config (SASRecConfig keys)
 
-    sem = sub.add_parser("semantic", help="text embeddings of every item text (cached)")
-    sem.add_argument("--data", required=True, help="prepared dataset folder")
-    sem.add_argument("--out", required=True, help="output folder (text_embeddings.safetensors, manifest.json)")
-    _encoder_args(sem)
-    sem.set_defaults(func=run_semantic)
+    sem = sub.add_parser("semantic", help="text embeddings of every item text (cached)", description=SEMANTIC_DESCRIPTION,
+                         add_help=False)
+    sem.set_defaults(func=run_semantic, config_args=parse_semantic_args)  # parsed through recsys.config (SemanticConfig keys)
 
     ids = sub.add_parser("ids", help="residual k-means semantic ids for the token-sequence baseline")
     ids.add_argument("--data", required=True, help="prepared dataset folder (checks the item count)")
@@ -80,14 +78,41 @@ def register(subparsers) -> None:
     add.set_defaults(func=run_add_items)
 
 
-def _encoder_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", default=None, help="local Hugging Face / sentence-transformers folder (default: bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-    parser.add_argument("--max-length", type=int, default=None, help="token limit per text (default: the model's)")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $SETREC_CACHE_DIR or ~/.cache/setrec)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+#: The documented flags of ``recsys tokenize semantic`` -> SemanticConfig keys (a target with "=" is a switch).
+SEMANTIC_FLAGS = {
+    "--encoder": "encoder.path",
+    "--batch-size": "encoder.batch_size",
+    "--max-length": "encoder.max_length",
+    "--device": "encoder.device",
+    "--cache-dir": "cache_dir",
+    "--no-cache": "use_cache=false",
+    "--no-progress": "progress=false",
+}
+SEMANTIC_DESCRIPTION = (
+    "Text embeddings of every item text (cached). The settings are SemanticConfig keys: --encoder DIR (local Hugging "
+    "Face / sentence-transformers folder; default: bundled all-MiniLM-L6-v2), --batch-size N, --max-length N, "
+    "--device D, --cache-dir DIR (default: $SETREC_CACHE_DIR or ~/.cache/setrec), --no-cache, --no-progress; or "
+    "dotted keys (--encoder.batch_size=N, --set use_cache=false), --config FILE; --print_config prints them."
+)
+
+
+def data_out_options(parser) -> None:
+    """``--data`` and ``--out`` of ``recsys tokenize semantic`` (not config keys)."""
+    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--out", required=True, help="output folder (text_embeddings.safetensors, manifest.json)")
+
+
+def parse_semantic_args(argv: list[str]):
+    """``recsys tokenize semantic`` arguments -> (SemanticConfig, command options), through the one config path.
+
+    Example:
+        >>> config, options = parse_semantic_args(["--data", "d", "--out", "o", "--no-cache"])
+    """
+    from recsys.config import parse_command
+    from recsys.tokenizers.semantic import SemanticConfig
+
+    return parse_command(SemanticConfig, argv, "recsys tokenize semantic", SEMANTIC_DESCRIPTION,
+                         extra=data_out_options, aliases=SEMANTIC_FLAGS)
 
 
 #: The documented SASRec flags of ``recsys tokenize cf`` -> their SASRecConfig key (``--epochs 5`` is ``--max_epochs=5``).
@@ -199,15 +224,10 @@ def run_cf(args: argparse.Namespace) -> int:
 
 def run_semantic(args: argparse.Namespace) -> int:
     """``recsys tokenize semantic``: embed every item text of ``--data`` into ``--out``."""
-    from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings
-    from recsys.tokenizers.text_encoder import TextEncoder, TextEncoderConfig
+    from recsys.tokenizers.semantic import build_text_embeddings
+    from recsys.tokenizers.text_encoder import TextEncoder
 
-    config = SemanticConfig(
-        encoder=TextEncoderConfig(path=args.encoder, batch_size=args.batch_size, max_length=args.max_length, device=args.device),
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        progress=not args.no_progress,
-    )
+    config, args = parse_semantic_args(args.argv)
     encoder = TextEncoder(config.encoder)
     with tracking.start_run(EXPERIMENT, "semantic", {"data": args.data, "out": args.out, "encoder": encoder.describe(), "use_cache": config.use_cache}):
         out, stats = build_text_embeddings(args.data, args.out, config, encoder=encoder)

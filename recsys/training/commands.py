@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``register`` to the ``recsys`` parser.
 
     ``train`` parses its own arguments through :mod:`recsys.config` (jsonargparse), so
-    ``set_defaults(config_args=True)`` hands it everything after ``recsys train``.
+    ``set_defaults(config_args=parse_train_args)`` hands it everything after ``recsys train``.
     """
     train = subparsers.add_parser(
         "train",
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=TRAIN_DESCRIPTION,
         add_help=False,
     )
-    train.set_defaults(func=run_train, config_args=True)
+    train.set_defaults(func=run_train, config_args=parse_train_args)
 
     reg = subparsers.add_parser("register", help="register a training run's bundle in the MLflow model registry")
     reg.add_argument("--run", required=True, help="MLflow run id printed by `recsys train`")
