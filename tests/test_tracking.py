@@ -97,3 +97,28 @@ def test_only_the_tracking_module_logs_to_mlflow():
     importing = {str(path.relative_to(package)) for path in package.rglob("*.py")
                  if re.search(r"^\s*(import mlflow|from mlflow)", path.read_text(), re.M)}
     assert importing <= readers, f"these modules reach MLflow around recsys.tracking: {sorted(importing - readers)}"
+
+
+def test_sasrec_fit_logs_safe_names_without_rename_warnings(tmp_path):
+    """SASRec (also the CF tokenizer's trainer) through tracking.lightning_logger: no "MLFlow only allows" warning."""
+    from mlflow.tracking import MlflowClient
+
+    from recsys.models.sasrec import SASRecConfig
+    from recsys.pipelines.prepare import PrepareConfig, prepare
+    from recsys.pipelines.prepared import PreparedDataset
+    from recsys.training.sasrec import fit_sasrec
+
+    source = tmp_path / "source"
+    source.mkdir()
+    rows = [f"u{u},i{(u + t) % 12},{t}" for u in range(16) for t in range(6)]
+    (source / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    prepare(PrepareConfig(source=str(source), out=str(tmp_path / "data"), format="generic", kcore=0))
+    data = PreparedDataset.load(tmp_path / "data")
+    config = SASRecConfig(hidden_size=8, num_heads=1, inner_size=16, max_len=6, max_epochs=2, batch_size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit_sasrec(data, config, log_to_mlflow=True, experiment="tracking-test")
+    assert [str(w.message) for w in caught if "MLFlow only allows" in str(w.message)] == []
+    metrics = MlflowClient(tracking.tracking_uri()).get_run(result.mlflow_run_id).data.metrics
+    assert {"valid/ndcg10", "best_valid/ndcg10", "test/ndcg10"} <= set(metrics)
+    assert metrics["test/ndcg10"] == pytest.approx(result.test_metrics["ndcg@10"])

@@ -32,7 +32,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -474,10 +473,7 @@ def fit_sasrec(
         enable_model_summary=False,
         log_every_n_steps=50,
     )
-    with warnings.catch_warnings():
-        # MLflow metric names cannot hold "@": the logger writes valid/ndcg10 for valid/ndcg@10 and warns every epoch
-        warnings.filterwarnings("ignore", message="MLFlow only allows")
-        trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule)  # the logger names valid/ndcg@10 valid/ndcg10 (recsys.tracking.metric_name)
     if best.state is None:
         raise ArtifactError("SASRec training ended before its first validation; raise max_epochs")
     model = module.model.cpu()
@@ -490,8 +486,8 @@ def fit_sasrec(
     if logger:
         run_id = logger.run_id
         logger.log_metrics(
-            {f"best_valid/{k.replace('@', '')}": v for k, v in valid_metrics.items()}  # MLflow names cannot hold "@"
-            | {f"test/{k.replace('@', '')}": v for k, v in test_metrics.items()}
+            {f"best_valid/{k}": v for k, v in valid_metrics.items()}  # the logger applies recsys.tracking.metric_name
+            | {f"test/{k}": v for k, v in test_metrics.items()}
             | {"best_epoch": best.best_epoch, "seconds_per_epoch": seconds}
         )
     result = SASRecFitResult(
