@@ -17,6 +17,7 @@ from evaluation_data import cyclic_sequences, tiny_bert, write_prepared, write_s
 
 from recsys.cli import main
 from recsys.errors import ConfigError
+from recsys.tracking import metric_name
 from recsys.evaluation.benchmark import (
     SeedRun,
     build_report,
@@ -358,7 +359,7 @@ def test_benchmark_quality_end_to_end(tmp_path, monkeypatch):
     assert parent.info.status == "FINISHED" and "quality-tiny.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 * len(names)
-    assert all(not math.isnan(r.data.metrics["test/ndcg_at_10"]) for r in children)
+    assert all(not math.isnan(r.data.metrics[metric_name("test/ndcg@10")]) for r in children)
 
 
 def test_merging_separate_runs_gives_the_joint_report(tmp_path):

@@ -1,4 +1,8 @@
-"""Job options for the semantic autoencoder: pre-training on train items' texts, and freezing it."""
+"""Job options for the semantic autoencoder: pre-training on train items' texts, and freezing it.
+
+They apply where an autoencoder makes the semantic tokens (``model.semantic_tokens: autoencoder`` or
+``residual``); the default text projection has none, and the job refuses pre-training for it.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from training_jobs import job_values
 def _setup(artifacts, tmp_path, **top):
     from recsys.pipelines.prepared import PreparedDataset
 
-    cfg = config_from_dict(job_values(artifacts, tmp_path / "job", "t5", **top))
+    values = job_values(artifacts, tmp_path / "job", "t5", **top)
+    values["model"]["semantic_tokens"] = "autoencoder"
+    cfg = config_from_dict(values)
     model, _ = build_model(cfg)
     return cfg, model, PreparedDataset.load(cfg.data)
 
@@ -54,9 +60,21 @@ def test_defaults_leave_the_autoencoder_untouched_and_trainable(industrial_artif
 def test_pretraining_needs_semantic_tokens(industrial_artifacts, tmp_path):
     values = job_values(industrial_artifacts, tmp_path / "job", "t5", autoencoder_pretrain_epochs=2)
     values["model"]["token_set"] = "cf"
+    values["model"]["semantic_tokens"] = "autoencoder"
     cfg = config_from_dict(values)
     model, _ = build_model(cfg)
     from recsys.pipelines.prepared import PreparedDataset
 
     with pytest.raises(ConfigError, match="token_set is 'cf'"):
         prepare_autoencoder(model, PreparedDataset.load(cfg.data), cfg)
+
+
+def test_the_default_text_projection_has_no_autoencoder_to_pretrain(industrial_artifacts, tmp_path):
+    values = job_values(industrial_artifacts, tmp_path / "job", "t5", autoencoder_pretrain_epochs=2)
+    with pytest.raises(ConfigError, match="needs an autoencoder"):
+        config_from_dict(values)
+    cfg = config_from_dict(job_values(industrial_artifacts, tmp_path / "job", "t5"))
+    model, _ = build_model(cfg)
+    assert cfg.model.semantic_tokens == "projection"
+    assert not any(p.requires_grad for p in model.item_encoder.autoencoder.parameters())  # unused, frozen
+    assert model.item_encoder.log_text_gain.requires_grad  # the gain still learns
