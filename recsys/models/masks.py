@@ -130,6 +130,23 @@ class TokenLayout:
         return torch.nonzero(self.kind[0] == QUERY).flatten()
 
 
+def _slot_fields(off, item_off, K, kinds, resp_index, query_index):
+    """Kind, index and sub of every slot from its kind masks; also item number j and token t of item slots."""
+    is_prompt, is_item, is_resp, is_query = kinds
+    zero = torch.zeros_like(off)
+    kind = torch.where(is_prompt, PROMPT, zero)
+    kind = torch.where(is_item, ITEM, kind)
+    kind = torch.where(is_resp, RESPONSE, kind)
+    kind = torch.where(is_query, QUERY, kind)
+    j = torch.div(item_off, K, rounding_mode="floor")
+    t = item_off - j * K
+    index = torch.where(is_prompt, off, zero)
+    index = torch.where(is_item, j, index)
+    index = torch.where(is_resp, resp_index, index)
+    index = torch.where(is_query, query_index, index)
+    return kind, index, torch.where(is_item, t, zero), j, t
+
+
 def build_layout(
     valid: torch.Tensor,
     tokens_per_item: int,
@@ -181,17 +198,7 @@ def build_layout(
     is_query = q_off >= 0
 
     zero = torch.zeros_like(s)
-    kind = torch.where(is_prompt, PROMPT, zero)
-    kind = torch.where(is_item, ITEM, kind)
-    kind = torch.where(is_resp, RESPONSE, kind)
-    kind = torch.where(is_query, QUERY, kind)
-    j = torch.div(item_off, K, rounding_mode="floor")
-    t = item_off - j * K
-    index = torch.where(is_prompt, off, zero)
-    index = torch.where(is_item, j, index)
-    index = torch.where(is_resp, resp_off, index)
-    index = torch.where(is_query, q_off, index)
-    sub = torch.where(is_item, t, zero)
+    kind, index, sub, j, t = _slot_fields(off, item_off, K, (is_prompt, is_item, is_resp, is_query), resp_off, q_off)
 
     if spec.attention == "sparse":
         item_pos, resp_pos = P + j, P + n + resp_off
@@ -274,17 +281,7 @@ def build_packed_layout(
     is_query = is_grp & (w >= R)
 
     zero = torch.zeros_like(s)
-    kind = torch.where(is_prompt, PROMPT, zero)
-    kind = torch.where(is_item, ITEM, kind)
-    kind = torch.where(is_resp, RESPONSE, kind)
-    kind = torch.where(is_query, QUERY, kind)
-    j = torch.div(item_off, K, rounding_mode="floor")
-    t = item_off - j * K
-    index = torch.where(is_prompt, off, zero)
-    index = torch.where(is_item, j, index)
-    index = torch.where(is_resp, w, index)
-    index = torch.where(is_query, w - R, index)
-    sub = torch.where(is_item, t, zero)
+    kind, index, sub, j, t = _slot_fields(off, item_off, K, (is_prompt, is_item, is_resp, is_query), w, w - R)
     group = torch.where(is_resp | is_query, g, zero - 1)
 
     items_seen = g + 1  # the prefix of group g holds g + 1 items

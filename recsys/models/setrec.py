@@ -486,15 +486,17 @@ class SetRecModel(nn.Module):
         return out
 
     def assemble_sequence(self, tokens: torch.Tensor, valid: torch.Tensor,
-                          query_inputs: torch.Tensor) -> tuple[torch.Tensor, TokenLayout]:
+                          query_inputs: torch.Tensor, packed: bool = False) -> tuple[torch.Tensor, TokenLayout]:
         """The backbone's input sequence ``[prompt][items][response][queries]`` and its layout.
 
         Padding items are dropped and the rest packed (the layout's ``source`` gathers them); the
         queries are part of the sequence for the decoder-only backbone only (T5 decodes them).
+        ``packed`` lays out every prefix instead (:func:`~recsys.models.masks.build_packed_layout`).
 
         Args:
             tokens: (B, L, K, d) history item tokens; valid: (B, L) bool, left-padded.
-            query_inputs: (B, Q, d) query input embeddings.
+            query_inputs: (B, Q, d) query input embeddings; (B, L, Q, d), one set per position, when packed.
+            packed: all-prefix layout.
 
         Returns:
             ((B, S, d) input embeddings, the :class:`~recsys.models.masks.TokenLayout`).
@@ -503,9 +505,8 @@ class SetRecModel(nn.Module):
             >>> x, layout = model.assemble_sequence(tokens, valid, model.queries.expand(len(tokens), -1, -1))
         """
         batch, length, k, d = tokens.shape
-        layout = build_layout(
-            valid, k, self.config.num_prompt_tokens, self.config.num_response_tokens, query_inputs.shape[1], self.spec
-        )
+        build = build_packed_layout if packed else build_layout
+        layout = build(valid, k, self.config.num_prompt_tokens, self.config.num_response_tokens, query_inputs.shape[-2], self.spec)
         parts = [
             tokens.new_zeros(batch, 1, d),
             self.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
@@ -513,7 +514,7 @@ class SetRecModel(nn.Module):
             self.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
         ]
         if self.spec.role == "decoder_only":
-            parts.append(query_inputs.to(tokens.dtype))
+            parts.append(query_inputs.reshape(batch, -1, d).to(tokens.dtype))
         source = torch.cat(parts, dim=1)
         return source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d)), layout
 
@@ -621,21 +622,10 @@ class SetRecModel(nn.Module):
         batch, length, k, d = tokens.shape
         if query_inputs is None:
             query_inputs = self.queries.expand(batch, length, -1, -1)
-        P, R = self.config.num_prompt_tokens, self.config.num_response_tokens
-        layout = build_packed_layout(valid, k, P, R, k, self.spec)
-        parts = [
-            tokens.new_zeros(batch, 1, d),
-            self.prompt.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
-            tokens.reshape(batch, length * k, d),
-            self.response.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype),
-        ]
-        if self.spec.role == "decoder_only":
-            parts.append(query_inputs.reshape(batch, length * k, d).to(tokens.dtype))
-        source = torch.cat(parts, dim=1)
-        x = source.gather(1, layout.source.unsqueeze(-1).expand(-1, -1, d))
+        x, layout = self.assemble_sequence(tokens, valid, query_inputs, packed=True)
         states, _ = self._sequence_pass(x, layout, want_hidden=False)
         if self.spec.role == "decoder_only":
-            slots = packed_query_slots(length, layout.shape[1], R, k, tokens.device)  # (L, K)
+            slots = packed_query_slots(length, layout.shape[1], self.config.num_response_tokens, k, tokens.device)  # (L, K)
             return states[:, slots.reshape(-1)].reshape(batch, length, k, d)
         first_real = length - valid.sum(dim=1, keepdim=True)  # (B, 1)
         groups = torch.arange(length, device=tokens.device).unsqueeze(0) - first_real  # (B, L): group of position p
