@@ -54,7 +54,7 @@ def slots_per_sample(cfg, train_mode: str) -> int:
 
 
 def measure(config: str, mask_impl: str, steps: int, warmup: int, device: str, train_mode: str = "one_prefix",
-            packed_batch: int = 0, batch: int = 256) -> dict:
+            packed_batch: int = 0, batch: int = 256, max_len: int = 0) -> dict:
     """Time ``steps`` training steps of ``config`` with ``mask_impl`` and ``train_mode`` in this process."""
     import torch
 
@@ -62,7 +62,10 @@ def measure(config: str, mask_impl: str, steps: int, warmup: int, device: str, t
     from recsys.training.job import build_model, load_train_config
     from recsys.training.setrec_data import SetRecDataModule
 
-    cfg = load_train_config(config, {"model.mask_impl": mask_impl, "train_mode": train_mode, "batch_size": batch})
+    overrides = {"model.mask_impl": mask_impl, "train_mode": train_mode, "batch_size": batch}
+    if max_len:
+        overrides["max_len"] = max_len
+    cfg = load_train_config(config, overrides)
     torch.manual_seed(cfg.seed)
     data = PreparedDataset.load(cfg.data)
     batch_size = cfg.batch_size
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch", type=int, default=256, help="one-prefix samples per step")
+    parser.add_argument("--max-len", type=int, default=0, help="history items per sample/window (0: the config's)")
     parser.add_argument("--packed-batch", type=int, default=0,
                         help="windows per all-prefix batch (0: as many as match the one-prefix batch's token slots)")
     parser.add_argument("--out", default="benchmarks/results/training.json")
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         config, mask, mode = args.one
-        print(json.dumps(measure(config, mask, args.steps, args.warmup, args.device, mode, args.packed_batch, args.batch)))
+        print(json.dumps(measure(config, mask, args.steps, args.warmup, args.device, mode, args.packed_batch, args.batch,
+                                 args.max_len)))
         return 0
     load_at_start = os.getloadavg()[0]
     cases = []
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode, mask in CASES:
             command = [sys.executable, str(Path(__file__).resolve()), "--one", config, mask, mode, "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads),
-                       "--packed-batch", str(args.packed_batch), "--batch", str(args.batch)]
+                       "--packed-batch", str(args.packed_batch), "--batch", str(args.batch), "--max-len", str(args.max_len)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
