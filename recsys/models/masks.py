@@ -130,6 +130,15 @@ class TokenLayout:
         return torch.nonzero(self.kind[0] == QUERY).flatten()
 
 
+def _check_left_padded(valid: torch.Tensor) -> None:
+    """Raise ValueError unless ``valid`` is a (B, L) bool tensor whose real items form a suffix of each row."""
+    if valid.ndim != 2 or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a (B, L) bool tensor, got {tuple(valid.shape)} {valid.dtype}")
+    if valid.shape[1] > 1 and bool((valid[:, 1:].long() < valid[:, :-1].long()).any()):
+        row = int(torch.nonzero((valid[:, 1:].long() < valid[:, :-1].long()).any(dim=1))[0])
+        raise ValueError(f"history row {row} is not left-padded: padding items must all come before real items")
+
+
 def _slot_fields(off, item_off, K, kinds, resp_index, query_index):
     """Kind, index and sub of every slot from its kind masks; also item number j and token t of item slots."""
     is_prompt, is_item, is_resp, is_query = kinds
@@ -173,11 +182,7 @@ def build_layout(
         >>> build_layout(torch.ones(2, 3, dtype=torch.bool), 5, 2, 1, 5, MaskSpec()).shape
         (2, 23)
     """
-    if valid.ndim != 2 or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be a (B, L) bool tensor, got {tuple(valid.shape)} {valid.dtype}")
-    if valid.shape[1] > 1 and bool((valid[:, 1:].long() < valid[:, :-1].long()).any()):
-        row = int(torch.nonzero((valid[:, 1:].long() < valid[:, :-1].long()).any(dim=1))[0])
-        raise ValueError(f"history row {row} is not left-padded: padding items must all come before real items")
+    _check_left_padded(valid)
     device = valid.device
     batch, length = valid.shape
     K, P, R = tokens_per_item, num_prompt, num_response
@@ -257,8 +262,7 @@ def build_packed_layout(
     """
     if not spec.causal:
         raise ConfigError("a packed (all-prefix) layout needs item-causal attention; the bidirectional encoder has none")
-    probe = build_layout(valid, tokens_per_item, num_prompt, num_response, 0, spec)  # validates the padding
-    del probe
+    _check_left_padded(valid)
     device = valid.device
     batch, length = valid.shape
     K, P, R = tokens_per_item, num_prompt, num_response

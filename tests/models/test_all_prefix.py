@@ -109,3 +109,8 @@ def test_packed_layout_gives_each_group_the_positions_of_its_prefix():
     assert kinds == [0] * 5 + [1] + [2] * 4 + [3, 4, 4, 3, 4, 4]
     assert layout.position_ids[0, -6:].tolist() == [2, 3, 3, 3, 4, 4]  # P + items_seen (+ R for queries)
     assert layout.group[0, -6:].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_packed_layout_refuses_histories_that_are_not_left_padded():
+    with pytest.raises(ValueError, match="row 0 is not left-padded"):
+        build_packed_layout(torch.tensor([[True, False]]), 2, 1, 1, 2, MaskSpec())
