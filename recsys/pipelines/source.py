@@ -70,6 +70,19 @@ class SourceTables:
     time_unit: str | None = None
     time_info: dict = field(default_factory=dict)
 
+    @classmethod
+    def of_files(cls, format: str, interactions: pl.LazyFrame, interactions_file: Path, items: pl.LazyFrame | None = None,
+                 items_file: Path | None = None, **fields) -> "SourceTables":
+        """Tables of a wall-clock source whose files are its interactions file and its item file (when there is one).
+
+        ``fields`` are the other attributes (layouts, source column names, time unit, notes...).
+
+        Example:
+            >>> SourceTables.of_files("recbole", interactions, Path("x.inter"), items, Path("x.item"), time_unit="s")
+        """
+        files = [interactions_file] + ([items_file] if items_file is not None else [])
+        return cls(format, interactions, interactions_file, items, items_file, fields.pop("ts_kind", "time"), files, **fields)
+
     def column(self, name: str, *, items: bool = False) -> str:
         """The user's name of canonical column ``name`` (for messages)."""
         return (self.item_source_columns if items else self.source_columns).get(name, name)

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 from recsys.errors import DataFormatError
+from recsys.pipelines.issues import RowLog
+from recsys.pipelines.tables import LINE, read_jsonl
 
 SUFFIXES = (".json", ".jsonl", ".csv")
 
@@ -48,3 +52,20 @@ def find_files(path: Path, accept) -> tuple[Path, Path | None]:
             path=path,
         )
     return candidates[0], _meta_for(candidates[0])
+
+
+def read_json_fields(path: Path, fields: dict[str, str], log: RowLog, *, items: bool = False) -> pl.LazyFrame:
+    """A JSON-lines file's ``fields`` (source key -> canonical column) under their canonical names.
+
+    Broken JSON lines go to ``log`` (the bad-row policy); an item file keeps ``_line`` and the fields only.
+
+    Example:
+        >>> read_json_fields(Path("meta_Industrial.json"), {"asin": "item_id", "title": "title"}, RowLog("drop"), items=True)
+    """
+    frame = read_jsonl(path, list(fields), log, items=items).rename(fields)
+    return frame.select(LINE, *fields.values()) if items else frame
+
+
+def source_names(fields: dict[str, str]) -> dict[str, str]:
+    """Canonical column -> the source's key, for messages that name the user's field."""
+    return {canonical: name for name, canonical in fields.items()}

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from recsys.pipelines.detect import json_format, looks_like_ratings_csv
 from recsys.pipelines.issues import RowLog
-from recsys.pipelines.readers.amazon import find_files
+from recsys.pipelines.readers.amazon import find_files, read_json_fields, source_names
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, read_jsonl, scan_delimited_checked
+from recsys.pipelines.tables import LINE, scan_delimited_checked
 
 REVIEW_FIELDS = {"reviewerID": "user_id", "asin": "item_id", "overall": "rating", "unixReviewTime": "ts"}
 #: metadata key -> canonical item column.
@@ -56,23 +56,17 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         labels = {"item_id": "item", "user_id": "user", "rating": "rating", "ts": "timestamp"}
         source_columns = {name: f"{label} (field {i})" for i, (name, label) in enumerate(labels.items(), start=1)}
     else:
-        interactions = read_jsonl(inter_path, list(REVIEW_FIELDS), log).rename(REVIEW_FIELDS)
-        source_columns = {canonical: name for name, canonical in REVIEW_FIELDS.items()}
-    items = None
-    if meta_path is not None:
-        items = read_jsonl(meta_path, list(META_FIELDS), log, items=True).rename(META_FIELDS)
-        items = items.select(LINE, *META_FIELDS.values())
-    files = [inter_path] + ([meta_path] if meta_path else [])
-    return SourceTables(
+        interactions = read_json_fields(inter_path, REVIEW_FIELDS, log)
+        source_columns = source_names(REVIEW_FIELDS)
+    items = read_json_fields(meta_path, META_FIELDS, log, items=True) if meta_path is not None else None
+    return SourceTables.of_files(
         "amazon2018",
         interactions,
         inter_path,
         items,
         meta_path,
-        "time",
-        files,
         interactions_layout=layout,
         source_columns=source_columns,
-        item_source_columns={canonical: name for name, canonical in META_FIELDS.items()},
+        item_source_columns=source_names(META_FIELDS),
         time_unit="s",
     )

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from recsys.pipelines.detect import json_format
 from recsys.pipelines.issues import RowLog
-from recsys.pipelines.readers.amazon import find_files
+from recsys.pipelines.readers.amazon import find_files, read_json_fields, source_names
 from recsys.pipelines.source import SourceTables
-from recsys.pipelines.tables import LINE, read_jsonl
 
 REVIEW_FIELDS = {"user_id": "user_id", "parent_asin": "item_id", "rating": "rating", "timestamp": "ts"}
 META_FIELDS = {
@@ -42,21 +41,15 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         log: where broken JSON lines are reported.
     """
     inter_path, meta_path = find_files(Path(path), lambda p: json_format(p) == "amazon2023")
-    interactions = read_jsonl(inter_path, list(REVIEW_FIELDS), log).rename(REVIEW_FIELDS)
-    items = None
-    if meta_path is not None:
-        items = read_jsonl(meta_path, list(META_FIELDS), log, items=True).rename(META_FIELDS)
-        items = items.select(LINE, *META_FIELDS.values())
-    files = [inter_path] + ([meta_path] if meta_path else [])
-    return SourceTables(
+    interactions = read_json_fields(inter_path, REVIEW_FIELDS, log)
+    items = read_json_fields(meta_path, META_FIELDS, log, items=True) if meta_path is not None else None
+    return SourceTables.of_files(
         "amazon2023",
         interactions,
         inter_path,
         items,
         meta_path,
-        "time",
-        files,
-        source_columns={canonical: name for name, canonical in REVIEW_FIELDS.items()},
-        item_source_columns={canonical: name for name, canonical in META_FIELDS.items()},
+        source_columns=source_names(REVIEW_FIELDS),
+        item_source_columns=source_names(META_FIELDS),
         time_unit="ms",
     )

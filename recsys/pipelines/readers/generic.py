@@ -116,21 +116,19 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
         )
     interactions = frame.select(keep).rename({time_column: "ts"} if time_column != "ts" else {})
     items, items_layout = _scan_table(items_path, log, items=True) if items_path is not None else (None, None)
-    files = [inter_path] + ([items_path] if items_path is not None else [])
     read_typed = None
     if inter_path.suffix.lower() in (".csv", ".tsv") and sorted(c for c in columns if c != LINE) == sorted(keep[1:4]):
         # Exactly user, item and time: integer files are read typed, without a text pass.
         separator = "\t" if inter_path.suffix.lower() == ".tsv" else ","
         names = {"user_id": "user_id", "item_id": "item_id", time_column: "ts"}
         read_typed = lambda: read_integer_table(inter_path, separator=separator, columns=names)  # noqa: E731
-    return SourceTables(
+    return SourceTables.of_files(
         "generic",
         interactions,
         inter_path,
         items,
         items_path,
-        ts_kind,
-        files,
+        ts_kind=ts_kind,
         read_typed=read_typed,
         interactions_layout=layout,
         items_layout=items_layout,

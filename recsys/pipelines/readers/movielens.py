@@ -183,18 +183,15 @@ def read(path: str | Path, log: RowLog, *, variant: str = "movielens-100k") -> S
         notes["item_file_encoding"] = _decode(item_path)[1]
     else:
         item_path = None
-    files = [inter_path] + ([item_path] if item_path else [])
     fields = {"user_id": "user id", "item_id": "item id", "rating": "rating", "ts": "timestamp"}
     columns = {name: f"{label} (field {i})" for i, (name, label) in enumerate(fields.items(), start=1)}
-    return SourceTables(
+    return SourceTables.of_files(
         variant,
         interactions,
         inter_path,
         items,
         item_path,
-        "time",
-        files,
-        notes,
+        notes=notes,
         interactions_layout=layout,
         source_columns=columns,
         time_unit="s",

@@ -107,15 +107,12 @@ def read(path: str | Path, log: RowLog) -> SourceTables:
             for c in TOKEN_LISTS
             if c in items.collect_schema().names()
         )
-    files = [inter_path] + ([item_path] if item_path else [])
-    return SourceTables(
+    return SourceTables.of_files(
         "recbole",
         interactions,
         inter_path,
         items,
         item_path,
-        "time",
-        files,
         interactions_layout=layout,
         items_layout=items_layout,
         source_columns=source_columns,
