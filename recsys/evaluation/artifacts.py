@@ -36,22 +36,45 @@ def _manifest_fingerprint(path: Path, *keys: str) -> str | None:
 TEXT_KINDS = {
     "tiger": "its semantic ids are RQ-KMeans codes of the items' text embeddings",
     "text": "it ranks items by the cosine of their text embeddings",
-    "setrec": "the set-identifier training job builds every item's tokens from its text embedding "
-              "(also with model.token_set: cf, whose item encoder still reads them)",
+    "setrec": "its semantic tokens are made from the items' text embeddings (model.token_set: cf needs no text)",
 }
+
+
+def setrec_token_set(config: BenchmarkConfig, method) -> str:
+    """``model.token_set`` of a setrec method: its overrides over ``setrec.overrides`` over the base config."""
+    from recsys.config import config_from_values
+    from recsys.training.setrec_config import TrainJobConfig, load_train_config
+
+    overrides = {**config.setrec.overrides, **method.overrides}
+    if config.setrec.config is not None:
+        return load_train_config(config.setrec.config, overrides).model.token_set
+    return config_from_values(TrainJobConfig, config.setrec.base or {}, overrides, validate=False,
+                              where=f"{method.name}.overrides").model.token_set
+
+
+def items_without_text(data) -> int:
+    """How many items of a prepared dataset have an empty or missing ``text``."""
+    if "text" not in data.items.columns:
+        return data.num_items
+    return int((data.items["text"].fill_null("").str.strip_chars() == "").sum())
 
 
 def refuse_text_methods(config: BenchmarkConfig, data, log=print) -> dict[str, str]:
     """Remove the methods that need item text from ``config`` when some item has none; return them with the reason.
 
     Interaction-only datasets (no item file, or items without any text) still run every
-    method that does not need text (popularity, SASRec); the others are refused by name here,
-    before any training starts. Raises ConfigError when no method is left.
+    method that does not need text (popularity, SASRec, the CF-only set-identifier model
+    ``model.token_set: cf``); the others are refused by name here, before any training starts.
+    Raises ConfigError when no method is left.
     """
-    without_text = int((data.items["text"].fill_null("").str.strip_chars() == "").sum())
+    without_text = items_without_text(data)
     if not without_text:
         return {}
-    refused = {m.name: f"needs item text: {TEXT_KINDS[m.kind]}" for m in config.methods if m.kind in TEXT_KINDS}
+    cf_align = (config.sasrec if config.cf is None else config.cf).get("align", "none")
+    refused = {m.name: f"needs item text: {TEXT_KINDS[m.kind]}" for m in config.methods
+               if m.kind in TEXT_KINDS and not (m.kind == "setrec" and setrec_token_set(config, m) == "cf")}
+    refused |= {m.name: f"needs item text: its CF tokenizer's RLMRec alignment (align: {cf_align}) reads the items' text embeddings"
+                for m in config.methods if m.kind == "setrec" and m.name not in refused and cf_align != "none"}
     refused |= {m.name: "needs item text: its RLMRec alignment (align != none) reads the items' text embeddings"
                 for m in config.methods
                 if m.kind == "sasrec" and m.overrides.get("align", config.sasrec.get("align", "none")) != "none"}
@@ -97,7 +120,8 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
     context = MethodContext(data=data, work_dir=work, sasrec=dict(config.sasrec), tiger=dict(config.tiger),
                             setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides),
                             exclude_history=config.evaluation.exclude_history, refused=refused)
-    if kinds & {"tiger", "setrec", "text"} or aligned:  # RLMRec SASRec methods read the text embeddings too
+    # RLMRec SASRec methods read the text embeddings too; without text only CF-only setrec methods are left here
+    if (kinds & {"tiger", "setrec", "text"} or aligned) and not items_without_text(data):
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings
         from recsys.tokenizers.text_encoder import TextEncoderConfig
 

@@ -212,7 +212,7 @@ def setrec_overrides(spec: MethodSpec, seed: int, context: MethodContext) -> dic
         "out_dir": str(out_dir),
         "data": str(context.data.root),
         "cf": str(context.cf_dir),
-        "semantic": str(context.semantic_dir),
+        **({"semantic": str(context.semantic_dir)} if context.semantic_dir is not None else {}),  # none: CF-only on data without text
     }
 
 
@@ -244,10 +244,10 @@ def train_setrec(spec: MethodSpec, seed: int, context: MethodContext) -> Trained
 
     if context.setrec_config is None:
         raise ConfigError("setrec.config is required when a setrec method is listed")
-    for what, path in (("cf", context.cf_dir), ("semantic", context.semantic_dir)):
-        if path is None:
-            raise ConfigError(f"methods[{spec.name!r}]: the {what} tokenizer folder is missing")
+    if context.cf_dir is None:
+        raise ConfigError(f"methods[{spec.name!r}]: the cf tokenizer folder is missing")
     cfg = load_train_config(context.setrec_config, overrides=setrec_overrides(spec, seed, context))
+    # without a semantic folder the job refuses any token set but cf by name (recsys.training.job.text_embeddings_dir)
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start

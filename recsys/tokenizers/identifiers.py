@@ -49,6 +49,8 @@ from recsys.tokenizers.semantic import AutoencoderPretrainConfig
 
 #: CF embeddings of items without a train interaction (:func:`build_item_encoder`).
 COLD_CF_MODES = ("predicted", "zero")
+#: Width of the zero text embeddings of a CF-only encoder built without text (:func:`build_item_encoder`).
+NO_TEXT_DIM = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ class TableConfig:
 def build_item_encoder(
     data_dir: str | Path,
     cf_dir: str | Path,
-    semantic_dir: str | Path,
+    semantic_dir: str | Path | None,
     num_semantic_tokens: int = 4,
     token_dim: int = 64,
     seed: int = 0,
@@ -279,7 +281,9 @@ def build_item_encoder(
     Args:
         data_dir: the prepared dataset (its ``items.parquet`` gives the item map).
         cf_dir: output of ``recsys tokenize cf``.
-        semantic_dir: output of ``recsys tokenize semantic``.
+        semantic_dir: output of ``recsys tokenize semantic``, or None for a CF-only encoder on data
+            without item text (``model.token_set: cf``): its text embeddings are a zero placeholder
+            column, so the semantic tokens are zero and unused, and ``cold_cf`` must be ``zero``.
         num_semantic_tokens / token_dim: N and d.
         seed: initial weights.
         semantic: how semantic tokens are made (:data:`~recsys.models.item_tokens.SEMANTIC_MODES`); with a text map it is
@@ -303,9 +307,14 @@ def build_item_encoder(
         raise ConfigError(f"num_semantic_tokens and token_dim must be >= 1, got {num_semantic_tokens} and {token_dim}")
     if cold_cf not in COLD_CF_MODES:
         raise ConfigError(f"cold_cf must be one of {COLD_CF_MODES}, got {cold_cf!r}")
+    if semantic_dir is None and cold_cf != "zero":
+        raise ConfigError("cold_cf 'predicted' maps item text to CF embeddings; without text (no semantic_dir) use cold_cf 'zero'")
     data = PreparedDataset.load(data_dir)
     cf, has_cf = load_cf_embeddings(cf_dir)  # rows without a train interaction are zero here
-    text = load_text_embeddings(semantic_dir, num_items=data.num_items)
+    if semantic_dir is None:
+        text = torch.zeros(data.num_items, NO_TEXT_DIM)  # a placeholder: bundles record a text width >= 1
+    else:
+        text = load_text_embeddings(semantic_dir, num_items=data.num_items)
     if cf.shape[0] != data.num_items:
         raise ArtifactError(
             f"{cf_dir} has CF embeddings for {cf.shape[0]} items but {data_dir} has {data.num_items}; "

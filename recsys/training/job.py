@@ -3,7 +3,8 @@
 Command:
     recsys train --config configs/setrec-t5-ml100k.yaml [--set trainer.max_epochs=3 ...] [--resume]
 
-Steps: seed; read the prepared dataset and the CF/text artifacts; build ``SetRecModel``; fit
+Steps: seed; read the prepared dataset and the CF/text artifacts (a CF-only model, ``model.token_set: cf``,
+reads no text on data without it); build ``SetRecModel``; fit
 with Lightning (checkpoints and early stopping on ``valid/ndcg@10``, ``<out_dir>/checkpoints``);
 restore the best checkpoint; choose beta on the VALID split from ``beta_grid``; test with that
 beta; write ``<out_dir>/bundle`` (``recsys.bundle.save_bundle``) and ``<out_dir>/result.json``;
@@ -22,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -129,8 +131,50 @@ def prepare_autoencoder(model, data, cfg: TrainJobConfig, progress: bool = False
     return out
 
 
+def _missing_artifact(name: str, path: str) -> ArtifactError:
+    return ArtifactError(
+        f"{name}: {path} does not exist; create it first (README: `recsys data prepare`, "
+        "`recsys tokenize cf`, `recsys tokenize semantic`) or point the config at it"
+    )
+
+
+def text_embeddings_dir(cfg: TrainJobConfig) -> Path | None:
+    """The text-embeddings folder the item encoder reads, or None for a CF-only model without text.
+
+    ``model.token_set: cf`` uses the CF token alone; on data where some item has no text (an
+    interaction-only dataset), or without a ``semantic`` folder, it reads no text and items without
+    a train interaction get the zero CF embedding (``cold_cf`` zero). Every other token set needs
+    text for every item.
+
+    Raises:
+        ConfigError: a token set that needs text, on data where some item has none.
+        ArtifactError: the ``semantic`` folder is missing where it is needed.
+    """
+    import polars as pl
+
+    items_file = Path(cfg.data) / "items.parquet"
+    if not items_file.is_file():
+        raise ArtifactError(f"data: {items_file} does not exist; prepare the dataset with `recsys data prepare`")
+    text = pl.col("text") if "text" in pl.read_parquet_schema(items_file) else pl.lit(None, pl.String)
+    without = pl.scan_parquet(items_file).select((text.fill_null("").str.strip_chars() == "").sum()).collect().item()
+    if cfg.model.token_set == "cf" and (without or not Path(cfg.semantic).is_dir()):
+        return None
+    if without:
+        raise ConfigError(
+            f"model.token_set {cfg.model.token_set!r} builds item tokens from item text, but {without:,} item(s) in "
+            f"{items_file} have an empty or missing `text` column (interaction-only data); "
+            "set model.token_set: cf for the CF-only set-identifier model, which needs no text"
+        )
+    if not Path(cfg.semantic).is_dir():
+        raise _missing_artifact("semantic", cfg.semantic)
+    return Path(cfg.semantic)
+
+
 def build_model(cfg: TrainJobConfig):
     """(SetRecModel, items frame) for a config: the item encoder over the CF/text artifacts plus the backbone.
+
+    A CF-only model (``model.token_set: cf``) on data without item text reads no text artifact
+    (:func:`text_embeddings_dir`).
 
     Example:
         >>> model, items = build_model(load_train_config("configs/setrec-qwen-demo.yaml"))
@@ -138,15 +182,13 @@ def build_model(cfg: TrainJobConfig):
     from recsys.models.setrec import SetRecModel
     from recsys.tokenizers.identifiers import build_item_encoder
 
-    for name in ("data", "cf", "semantic"):
+    for name in ("data", "cf"):
         if not Path(getattr(cfg, name)).is_dir():
-            raise ArtifactError(
-                f"{name}: {getattr(cfg, name)} does not exist; create it first (README: `recsys data prepare`, "
-                "`recsys tokenize cf`, `recsys tokenize semantic`) or point the config at it"
-            )
+            raise _missing_artifact(name, getattr(cfg, name))
+    text_dir = text_embeddings_dir(cfg)
     hidden = backbone_hidden_size(cfg.model)
-    encoder, items = build_item_encoder(cfg.data, cfg.cf, cfg.semantic, cfg.model.num_semantic_tokens, hidden, seed=cfg.seed,
-                                        semantic=cfg.model.semantic_tokens, cold_cf=cfg.cold_cf)
+    encoder, items = build_item_encoder(cfg.data, cfg.cf, text_dir, cfg.model.num_semantic_tokens, hidden, seed=cfg.seed,
+                                        semantic=cfg.model.semantic_tokens, cold_cf=cfg.cold_cf if text_dir else "zero")
     return SetRecModel(cfg.model, encoder), items
 
 
@@ -302,6 +344,12 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
     data = PreparedDataset.load(cfg.data)
     datamodule = SetRecDataModule(data, cfg.max_len, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.trainer.num_workers,
                                   cfg.train_mode, cfg.window_stride)
+    text_dir = text_embeddings_dir(cfg)
+    if text_dir is None:
+        if cfg.cold_cf != "zero":
+            print("no item text: items without a train interaction get the zero CF embedding (cold_cf: zero; "
+                  "predicting their CF embedding needs text)")
+        cfg = dataclasses.replace(cfg, cold_cf="zero")  # what the job does, as the bundle and MLflow record it
     model, items = build_model(cfg)
     candidates = torch.from_numpy(data.train_item_mask()) if cfg.negatives == "train" else None
     if not resume:
@@ -357,7 +405,7 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
         dataset_fingerprint=data.fingerprint,
         config=cfg.to_dict(),
         metrics=metrics,
-        text_encoder=text_embeddings_manifest(cfg.semantic).get("encoder", {}),
+        text_encoder=text_embeddings_manifest(text_dir).get("encoder", {}) if text_dir else {},
     )
     run_id = None
     if logger is not None:

@@ -265,23 +265,27 @@ def test_interaction_only_dataset_runs_methods_without_text_and_refuses_text_met
         "data": {"source": str(source), "kcore": 0},
         "evaluation": {"bootstrap_samples": 50},
         "sasrec": {"hidden_size": 8, "num_heads": 1, "inner_size": 16, "max_len": 6, "max_epochs": 1, "batch_size": 64},
-        "setrec": {"base": {"model": {"backbone": "t5", "preset": "tiny"}}},
+        "setrec": {"base": {"model": {"backbone": "t5", "preset": "tiny", "num_semantic_tokens": 2},
+                            "trainer": {"max_epochs": 1, "accelerator": "cpu", "progress_bar": False},
+                            "tracking": {"enabled": False}, "max_len": 6, "batch_size": 64, "beta_grid": [0.0]}},
         "reference": "sasrec",
         "methods": [{"name": "popularity", "kind": "popularity"}, {"name": "sasrec", "kind": "sasrec"},
                     {"name": "tiger", "kind": "tiger"}, {"name": "text", "kind": "text"},
+                    {"name": "setrec", "kind": "setrec"},
                     {"name": "setrec-cf", "kind": "setrec", "overrides": {"model.token_set": "cf"}}],
     })
     logged: list[str] = []
     report = benchmark.run_benchmark(config, out_dir=tmp_path / "out", log_to_mlflow=False, log=logged.append)
-    assert trained == ["popularity", "sasrec"]  # the text methods never started training
-    assert [k for k in report if k not in ("paired", "efficiency", "seeds", "meta")] == ["popularity", "sasrec"]
+    assert trained == ["popularity", "sasrec", "setrec-cf"]  # the text methods never started training
+    assert [k for k in report if k not in ("paired", "efficiency", "seeds", "meta")] == ["popularity", "sasrec", "setrec-cf"]
+    assert not (tmp_path / "work" / "semantic").exists()  # no text embeddings were built for the CF-only model
     refused = report["meta"]["refused_methods"]
-    assert set(refused) == {"tiger", "text", "setrec-cf"}
+    assert set(refused) == {"tiger", "text", "setrec"}
     assert all("needs item text" in reason and "12 of 12 items have no text" in reason for reason in refused.values())
-    assert "model.token_set: cf" in refused["setrec-cf"]
+    assert "model.token_set: cf needs no text" in refused["setrec"]
     first_training = next(i for i, line in enumerate(logged) if line.startswith("popularity seed"))
     refusal = next(i for i, line in enumerate(logged) if line.startswith("refused before training"))
-    assert refusal < first_training and "tiger" in logged[refusal] and "setrec-cf" in logged[refusal]
+    assert refusal < first_training and "tiger" in logged[refusal] and "setrec (" in logged[refusal]
 
 
 def test_a_benchmark_of_text_methods_only_on_an_interaction_only_dataset_is_refused(tmp_path):
