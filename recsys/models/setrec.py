@@ -58,6 +58,7 @@ from recsys.models.masks import (
     query_self_mask,
     reference_mask,
 )
+from recsys.models.history_prior import HISTORY_PRIORS, HistoryPrior
 from recsys.models.item_tokens import ItemTokenEncoder
 
 BACKBONES = ("t5", "qwen")
@@ -111,6 +112,11 @@ class SetRecConfig:
     (a fixed orthonormal map of the text embedding times a learnt gain: keeps the text geometry, so cold
     items are reachable), ``residual`` (projection plus a zero-initialised autoencoder correction) or
     ``autoencoder`` (the jointly trained autoencoder alone; kept 1.2% of text neighbours)."""
+    history_prior: Literal["recency", "none"] = "recency"
+    """``recency``: every query state starts from the recency-weighted tokens of the history it reads
+    (:mod:`recsys.models.history_prior`; with ``projection`` tokens the semantic scores start from the
+    text similarity of the candidate to the recent history) or ``none`` (the backbone alone; what
+    bundles saved before this key used)."""
     num_prompt_tokens: int = 2
     """P, learnable prompt tokens before the history."""
     num_response_tokens: int = 1
@@ -148,6 +154,7 @@ class SetRecConfig:
             ("attention", self.attention, ("sparse", "full")),
             ("encoder_attention", self.encoder_attention, ("causal", "bidirectional")),
             ("semantic_tokens", self.semantic_tokens, ("projection", "residual", "autoencoder")),
+            ("history_prior", self.history_prior, HISTORY_PRIORS),
             ("generation", self.generation, ("simultaneous", "autoregressive")),
             ("token_set", self.token_set, TOKEN_SETS),
             ("mask_impl", self.mask_impl, MASK_IMPLS),
@@ -183,6 +190,8 @@ class SetRecConfig:
         """
         from recsys.config import config_from_values
 
+        values = dict(values)
+        values.setdefault("history_prior", "none")  # bundles saved before the key ran the backbone alone
         return config_from_values(cls, values, where=where, validate=False)
 
 
@@ -315,6 +324,9 @@ class SetRecModel(nn.Module):
         self.prompt = nn.Parameter(torch.randn(config.num_prompt_tokens, d) * 0.02)
         self.response = nn.Parameter(torch.randn(config.num_response_tokens, d) * 0.02)
         self.queries = nn.Parameter(torch.randn(self.tokens_per_item, d) * 0.02)
+        self.history_prior = None
+        if config.history_prior == "recency":
+            self.history_prior = HistoryPrior(self.tokens_per_item, cf_first=config.token_set != "semantic")
         if config.lora is not None:
             self._add_lora(config.lora)
         role = "decoder_only" if config.backbone == "qwen" else "encoder"
@@ -544,6 +556,7 @@ class SetRecModel(nn.Module):
         else:
             groups = (valid.sum(dim=1, keepdim=True) - 1).expand(batch, num_queries)
             query_states = self._query_decoder(query_inputs.to(tokens.dtype), states, layout, groups)
+        query_states = self.apply_history_prior(query_states, tokens, valid)
         return SetRecOutput(query_states, hidden, layout)
 
     @property
@@ -597,7 +610,19 @@ class SetRecModel(nn.Module):
         out, _ = interface(attention, q, key, value, mask[:, :, -k:, :], dropout=0.0, scaling=attention.scaling)
         states = h[:, -k:] + attention.o_proj(out.reshape(batch, k, -1).contiguous())
         states = states + last.mlp(last.post_attention_layernorm(states))
-        return core.norm(states)
+        return self.apply_history_prior(core.norm(states), tokens, valid)
+
+    def apply_history_prior(self, states: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, K, d) backbone query states -> the model's query states (the history prior added, when on).
+
+        For engines that run the backbone elsewhere (vLLM): :meth:`forward_tokens` and
+        :meth:`fast_query_states` already apply it.
+
+        Args:
+            states: (B, K, d) query states of the backbone alone.
+            tokens: (B, L, K, d) history tokens; valid: (B, L) bool, left-padded.
+        """
+        return states if self.history_prior is None else self.history_prior(states, tokens, valid)
 
     def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor, query_inputs: torch.Tensor | None = None) -> torch.Tensor:
         """All-prefix pass: the query states of every prefix of every history in one backbone pass.
@@ -626,12 +651,16 @@ class SetRecModel(nn.Module):
         states, _ = self._sequence_pass(x, layout, want_hidden=False)
         if self.spec.role == "decoder_only":
             slots = packed_query_slots(length, layout.shape[1], self.config.num_response_tokens, k, tokens.device)  # (L, K)
-            return states[:, slots.reshape(-1)].reshape(batch, length, k, d)
-        first_real = length - valid.sum(dim=1, keepdim=True)  # (B, 1)
-        groups = torch.arange(length, device=tokens.device).unsqueeze(0) - first_real  # (B, L): group of position p
-        groups = groups.repeat_interleave(k, dim=1)
-        out = self._query_decoder(query_inputs.reshape(batch, length * k, d).to(tokens.dtype), states, layout, groups)
-        return out.reshape(batch, length, k, d)
+            out = states[:, slots.reshape(-1)].reshape(batch, length, k, d)
+        else:
+            first_real = length - valid.sum(dim=1, keepdim=True)  # (B, 1)
+            groups = torch.arange(length, device=tokens.device).unsqueeze(0) - first_real  # (B, L): group of position p
+            groups = groups.repeat_interleave(k, dim=1)
+            out = self._query_decoder(query_inputs.reshape(batch, length * k, d).to(tokens.dtype), states, layout, groups)
+            out = out.reshape(batch, length, k, d)
+        if self.history_prior is not None:
+            out = self.history_prior.packed(out, tokens, valid)
+        return out
 
     # ------------------------------------------------------------------ queries and scores
 

@@ -227,6 +227,13 @@ class VllmEngine:
         outputs = self.llm.encode(prompts, pooling_params=self._params, pooling_task="embed", use_tqdm=False)
         k = self.layout.item_tokens
         states = torch.stack([out.outputs.data.float().view(k, -1) for out in outputs])
+        if self.model.history_prior is not None:  # vLLM runs the backbone; the prior is the model's own step
+            from recsys.models.setrec import pad_histories
+
+            padded = pad_histories(kept, self.max_len)
+            tokens, valid = self.tokens.history(padded)
+            with torch.no_grad():
+                states = self.model.apply_history_prior(states, tokens.float().cpu(), valid.cpu())
         return (states * self.weights).flatten(1).numpy()
 
     def close(self) -> None:
