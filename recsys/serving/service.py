@@ -278,6 +278,17 @@ class Recommender:
         """True when ``item_id`` is in the catalogue (available or not)."""
         return item_id in self._row
 
+    def _known_row(self, item_id: str, hint: str = "") -> int:
+        """The row of ``item_id`` (call under the reader lock); ``hint`` ends the error message.
+
+        Raises:
+            UnknownItemError: the id is not in the catalogue.
+        """
+        row = self._row.get(item_id)
+        if row is None:
+            raise UnknownItemError(f"item {item_id!r} is not in the catalogue{hint}")
+        return row
+
     def item(self, item_id: str) -> dict:
         """Catalogue entry of ``item_id``: id, index, title, has_cf, cf_predicted, added, available.
 
@@ -285,9 +296,7 @@ class Recommender:
             UnknownItemError: the id is not in the catalogue.
         """
         with self._lock:
-            row = self._row.get(item_id)
-            if row is None:
-                raise UnknownItemError(f"item {item_id!r} is not in the catalogue; add it with POST /v1/items")
+            row = self._known_row(item_id, "; add it with POST /v1/items")
             has_cf = bool(self.model.item_encoder.has_cf[row])
             predicted = bool(self.model.item_encoder.cf_predicted[row])
             return {
@@ -462,9 +471,7 @@ class Recommender:
             UnknownItemError: the id is not in the catalogue.
         """
         with self._lock:
-            row = self._row.get(item_id)
-            if row is None:
-                raise UnknownItemError(f"item {item_id!r} is not in the catalogue")
+            row = self._known_row(item_id)
             if available:
                 self._unavailable.discard(row)
             else:
