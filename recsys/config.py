@@ -137,6 +137,85 @@ def expand_aliases(argv: Sequence[str], aliases: Mapping[str, str] | None) -> li
     return out
 
 
+def given_keys(argv: Sequence[str], aliases: Mapping[str, str] | None = None) -> set[str]:
+    """The dotted keys (and ``config`` for ``--config``) that ``argv`` sets, after ``--set`` and the aliases.
+
+    Example:
+        >>> sorted(given_keys(["--epochs", "5", "--set", "lr=0.1", "--data", "d"], {"--epochs": "max_epochs"}))
+        ['data', 'lr', 'max_epochs']
+    """
+    expanded = expand_aliases(expand_set(argv), aliases)
+    return {arg[2:].split("=", 1)[0] for arg in expanded if arg.startswith("--")} - {"help", "print_config"}
+
+
+def describe_flags(aliases: Mapping[str, str]) -> str:
+    """A command's documented flags for its ``--help``: each with the key it sets when the names differ.
+
+    Example:
+        >>> describe_flags({"--epochs": "max_epochs", "--lr": "lr", "--no-cache": "use_cache=false"})
+        '--epochs (= --max_epochs), --lr, --no-cache (= --use_cache=false)'
+    """
+    return ", ".join(flag if flag[2:] == key else f"{flag} (= --{key})" for flag, key in aliases.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigCommand:
+    """A subcommand whose arguments go through the one config path: its parser, ``--help`` text and registration.
+
+    Args:
+        prog: program name in usage lines, e.g. ``"recsys tokenize table"``.
+        config: the config dataclass, or ``"module:Class"`` to import it only when the command runs
+            (``recsys --help`` stays fast).
+        summary: what the command does, the first sentence(s) of its ``--help``.
+        aliases: the documented flags for config keys (``{"--epochs": "max_epochs"}``; a target with ``=``
+            is a switch, ``{"--no-cache": "use_cache=false"}``); both spellings work.
+        extra: adds options that are not config keys (see :func:`config_parser`).
+
+    Example:
+        >>> TABLE = ConfigCommand("recsys tokenize table", "recsys.tokenizers.commands:TableCommandConfig",
+        ...                       "Build a token table.", {"--num-tokens": "num_tokens"})
+        >>> config, namespace = TABLE.parse(["--data", "d", "--cf", "c", "--semantic", "s", "--out", "o", "--num-tokens", "2"])
+    """
+
+    prog: str
+    config: type | str
+    summary: str
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extra: Callable[[Any], None] | None = None
+
+    def config_class(self) -> type:
+        """The config dataclass (imported now when given as ``"module:Class"``)."""
+        if isinstance(self.config, str):
+            import importlib
+
+            module, name = self.config.split(":")
+            return getattr(importlib.import_module(module), name)
+        return self.config
+
+    @property
+    def description(self) -> str:
+        """The command's ``--help`` text: the summary, then how its settings are given."""
+        name = self.config.split(":")[1] if isinstance(self.config, str) else self.config.__name__
+        flags = f"the flags {describe_flags(self.aliases)}, " if self.aliases else ""
+        return (f"{self.summary} The settings are {name} keys: {flags}any key as a dotted flag (--key=value) or "
+                "--set KEY=VALUE, --config FILE (YAML, repeatable; later files win); --print_config prints them.")
+
+    def parse(self, argv: Sequence[str]) -> tuple[Any, Any]:
+        """(the validated config, the parsed namespace: ``extra`` options are read from it); see :func:`parse_command`."""
+        return parse_command(self.config_class(), argv, self.prog, self.description, self.extra, self.aliases)
+
+    def add_to(self, subparsers: Any, name: str, help: str, handler: Callable[[Any], int],
+               parse: Callable[[Sequence[str]], Any]) -> Any:
+        """Add subcommand ``name``; the ``recsys`` parser leaves its arguments (``--help`` too) to the config path.
+
+        :func:`recsys.cli.main` hands them to ``handler`` as ``args.argv``; ``handler`` calls ``parse(args.argv)``
+        (``config_args``; the README test calls it alone).
+        """
+        parser = subparsers.add_parser(name, help=help, description=self.description, add_help=False)
+        parser.set_defaults(func=handler, config_args=parse)
+        return parser
+
+
 def split_override(text: str) -> tuple[str, str]:
     """``"trainer.max_epochs=3"`` -> ``("trainer.max_epochs", "3")``; raises ConfigError without ``=``.
 
@@ -284,9 +363,17 @@ def _parse(cls: type[T], parse: Callable[[Any], Any], sources: Sequence[tuple[st
             check()
     except (jsonargparse.ArgumentError, TypeError, ValueError) as error:
         raise located_error(error, sources) from None
-    except ConfigError as error:  # from __post_init__ or validate(): it names the key, add the files
-        raise ConfigError(f"{', '.join(files)}: {error}" if files else str(error)) from None
+    except ConfigError as error:  # from __post_init__ or validate(): it names the key, add where it was set
+        raise ConfigError(f"{_setter(str(error), sources) or ', '.join(files)}: {error}" if files else str(error)) from None
     return config, namespace
+
+
+def _setter(message: str, sources: Sequence[tuple[str, Any]]) -> str | None:
+    """The last source that sets the key a check's message starts with (``"port: must be ..."``), if any."""
+    match = re.match(r"([A-Za-z_][\w.]*): ", message)
+    if match is None:
+        return None
+    return next((label for label, tree in reversed(sources) if _has(tree, match.group(1))), None)
 
 
 def parse_command(

@@ -114,6 +114,14 @@ OTHER_COMMANDS = {
                  ["--no-exclude-history", "--allow-other-data", "--split", "valid"]),
     "tokenize semantic": (["tokenize", "semantic", "--data", "d", "--out", "o"], "--batch-size", "encoder.batch_size",
                           ["--no-cache", "--no-progress", "--encoder", "some/dir", "--set", "encoder.max_length=32"]),
+    "tokenize ids": (["tokenize", "ids", "--data", "d", "--semantic", "s", "--out", "o"], "--levels", "levels",
+                     ["--codes", "4", "--backend", "numpy", "--set", "niter=5"]),
+    "tokenize table": (["tokenize", "table", "--data", "d", "--cf", "c", "--semantic", "s", "--out", "o"], "--num-tokens",
+                       "num_tokens", ["--token-dim", "8", "--pretrain-epochs", "1", "--set", "pretrain_lr=0.01"]),
+    "tokenize health": (["tokenize", "health", "--table", "t"], "--max-pairwise-items", "max_pairwise_items",
+                        ["--threshold", "0.9", "--set", "threshold=0.95"]),
+    "serve": (["serve", "--bundle", "b"], "--max-batch-size", "batcher.max_batch_size",
+              ["--max-wait-ms", "1", "--index", "hnsw", "--port", "9000", "--admin-token-file", "t", "--set", "index.nprobe=4"]),
 }
 
 
@@ -149,6 +157,100 @@ def test_other_commands_refuse_wrong_types_and_unknown_keys_in_flags_and_files(n
         main([*prefix, *valid, flag, "7", "--print_config"])
     assert stop.value.code == 0
     assert _lookup(yaml.safe_load(capsys.readouterr().out), key) == 7
+
+
+@pytest.mark.parametrize("name", list(OTHER_COMMANDS))
+def test_a_file_value_is_honoured_and_the_command_line_beats_the_file(name, tmp_path, capsys):
+    prefix, flag, key, _ = OTHER_COMMANDS[name]
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(_nested(key, 5)))
+
+    def printed(*args) -> int:
+        with pytest.raises(SystemExit) as stop:
+            main([*prefix, "--config", str(path), *args, "--print_config"])
+        assert stop.value.code == 0
+        return _lookup(yaml.safe_load(capsys.readouterr().out), key)
+
+    assert printed() == 5
+    assert printed(flag, "6") == 6
+    assert printed(f"--{key}=7") == 7
+    assert printed("--set", f"{key}=8") == 8
+
+
+def test_tokenize_table_seed_seeds_the_table_and_its_pretraining(tmp_path):
+    from recsys.tokenizers.commands import parse_table_args
+
+    base = ["--data", "d", "--cf", "c", "--semantic", "s", "--out", "o"]
+    table = parse_table_args([*base, "--seed", "3", "--num-tokens", "2", "--pretrain-epochs", "4"]).table_config()
+    assert (table.seed, table.pretrain.seed, table.num_semantic_tokens, table.pretrain.epochs) == (3, 3, 2, 4)
+    path = tmp_path / "table.yaml"
+    path.write_text("seed: 5\npretrain_lr: 0.5\n")
+    table = parse_table_args([*base, "--config", str(path)]).table_config()
+    assert (table.seed, table.pretrain.seed, table.pretrain.lr) == (5, 5, 0.5)
+    with pytest.raises(ConfigError, match=r"command line \(--num-tokens\): num_tokens: must be >= 1, got 0"):
+        parse_table_args([*base, "--num-tokens", "0"])
+    with pytest.raises(ConfigError, match=rf"{path}: pretrain_epochs: must be >= 0, got -1"):
+        path.write_text("pretrain_epochs: -1\n")
+        parse_table_args([*base, "--config", str(path)])
+
+
+def test_tokenize_ids_backend_is_a_closed_choice():
+    from recsys.tokenizers.commands import parse_ids_args
+
+    base = ["--data", "d", "--semantic", "s", "--out", "o"]
+    config, folders = parse_ids_args([*base, "--backend", "numpy", "--levels", "2"])
+    assert (config.backend, config.levels, folders.semantic) == ("numpy", 2, "s")
+    with pytest.raises(ConfigError, match=r"command line \(--backend\): backend: .*Literal"):
+        parse_ids_args([*base, "--backend", "scipy"])
+    with pytest.raises(ConfigError, match=r"command line \(--levels\): levels: must be >= 1, got 0"):
+        parse_ids_args([*base, "--levels", "0"])
+
+
+def test_tokenize_add_items_flags_file_and_errors(tmp_path, capsys):
+    from recsys.tokenizers.commands import parse_add_items_args
+
+    base = ["--table", "t", "--items", "new.jsonl"]
+    config = parse_add_items_args(base)
+    assert (config.use_cache, config.cache_dir, config.out) == (True, None, None)
+    config = parse_add_items_args([*base, "--no-cache", "--cache-dir", "c", "--out", "o"])
+    assert (config.use_cache, config.cache_dir, config.out) == (False, "c", "o")
+    path = tmp_path / "add.yaml"
+    path.write_text("use_cache: false\ncache_dir: from-file\n")
+    config = parse_add_items_args([*base, "--config", str(path), "--cache-dir", "from-flag"])
+    assert (config.use_cache, config.cache_dir) == (False, "from-flag")
+    assert main(["tokenize", "add-items", *base, "--set", "use_cache=maybe"]) == 2
+    assert "command line (--use_cache): use_cache: Expected a <class 'bool'>" in capsys.readouterr().err
+    path.write_text("no_such_key: 1\n")
+    assert main(["tokenize", "add-items", *base, "--config", str(path)]) == 2
+    assert f"{path}: no_such_key: unknown key" in capsys.readouterr().err
+    assert main(["tokenize", "add-items", *base, "--no-cache=1"]) == 2
+    assert "command line (--no-cache): use_cache: --no-cache takes no value" in capsys.readouterr().err
+    assert main(["tokenize", "add-items", "--table", "t"]) == 2
+    assert "items" in capsys.readouterr().err
+
+
+def test_serve_checks_name_the_key(tmp_path, capsys):
+    from recsys.serving.commands import parse_serve_args
+
+    config = parse_serve_args(["--model", "models:/setrec@champion", "--max-queue", "8", "--index", "ivf", "--threads", "0"])
+    assert (config.model, config.batcher.max_queue, config.index.kind, config.threads) == ("models:/setrec@champion", 8, "ivf", 0)
+    for argv, message in (
+        ([], "bundle: give exactly one of --bundle DIR or --model"),
+        (["--bundle", "b", "--model", "m"], "command line (--bundle): bundle: give exactly one of"),
+        (["--bundle", "b", "--port", "0"], "command line (--port): port: must be 1..65535, got 0"),
+        (["--bundle", "b", "--drain-s", "-1"], "command line (--drain-s): drain_s: must be >= 0, got -1.0"),
+        (["--bundle", "b", "--max-queue", "0"], "command line (--max-queue): batcher.max_queue: must be >= 1, got 0"),
+        (["--bundle", "b", "--engine", "onnx"], "command line (--engine): engine: Expected a typing.Literal"),
+        (["--bundle", "b", "--index", "lsh"], "command line (--index): index.kind: Expected a typing.Literal"),
+        (["--bundle", "b", "--log-level", "loud"], "command line (--log-level): log_level: Expected a typing.Literal"),
+    ):
+        assert main(["serve", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"bundle": "b", "batcher": {"max_wait_ms": "soon"}}))
+    assert main(["serve", "--config", str(path)]) == 2
+    assert f"{path}: batcher.max_wait_ms: Expected a <class 'float'>" in capsys.readouterr().err
 
 
 def test_bundle_model_config_goes_through_the_config_path():

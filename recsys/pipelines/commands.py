@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-#: The documented flags of ``recsys data prepare`` whose PrepareConfig key is spelt with "_".
-PREPARE_FLAGS = {
-    "--min-rating": "min_rating",
-    "--on-bad-rows": "on_bad_rows",
-    "--valid-fraction": "valid_fraction",
-    "--test-fraction": "test_fraction",
-    "--max-text-chars": "max_text_chars",
-    "--catalogue-only": "catalogue_only",
-}
-PREPARE_DESCRIPTION = (
-    "Read a source, check and clean it, split it and write a prepared dataset directory. The options are "
-    "PrepareConfig keys: flags (--kcore 0, --min-rating 4, or --min_rating=4, --set kcore=0), --config FILE (YAML, "
-    "repeatable); --print_config prints them."
+from recsys.config import ConfigCommand
+
+#: ``recsys data prepare``: its documented hyphenated flags are aliases of PrepareConfig keys spelt with "_".
+PREPARE = ConfigCommand(
+    "recsys data prepare", "recsys.pipelines.prepare:PrepareConfig",
+    "Read a source, check and clean it, split it and write a prepared dataset directory (e.g. --source ml-100k "
+    "--out data/ml-100k --kcore 0).",
+    {"--min-rating": "min_rating", "--on-bad-rows": "on_bad_rows", "--valid-fraction": "valid_fraction",
+     "--test-fraction": "test_fraction", "--max-text-chars": "max_text_chars", "--catalogue-only": "catalogue_only"},
 )
 
 
@@ -34,13 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="prepare datasets and show their statistics")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    prep = actions.add_parser(
-        "prepare",
-        help="turn a source into a prepared dataset (Parquet tables + manifest.json)",
-        description=PREPARE_DESCRIPTION,
-        add_help=False,
-    )
-    prep.set_defaults(func=run_prepare, config_args=parse_prepare_args)
+    PREPARE.add_to(actions, "prepare", "turn a source into a prepared dataset (Parquet tables + manifest.json)",
+                   run_prepare, parse_prepare_args)
 
     stats = actions.add_parser("stats", help="print the statistics of a prepared dataset")
     stats.add_argument("dir", help="a directory written by `recsys data prepare`")
@@ -55,11 +46,7 @@ def parse_prepare_args(argv: list[str]):
         >>> parse_prepare_args(["--source", "ml-100k", "--out", "data/ml-100k", "--kcore", "0"]).kcore
         0
     """
-    from recsys.config import parse_command
-    from recsys.pipelines.prepare import PrepareConfig
-
-    config, _ = parse_command(PrepareConfig, argv, "recsys data prepare", PREPARE_DESCRIPTION, aliases=PREPARE_FLAGS)
-    return config
+    return PREPARE.parse(argv)[0]
 
 
 def run_prepare(args: argparse.Namespace) -> int:

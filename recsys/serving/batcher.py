@@ -57,11 +57,11 @@ class BatcherConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
-            raise ConfigError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+            raise ConfigError(f"batcher.max_batch_size: must be >= 1, got {self.max_batch_size}")
         if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+            raise ConfigError(f"batcher.max_wait_ms: must be >= 0, got {self.max_wait_ms}")
         if self.max_queue < 1:
-            raise ConfigError(f"--max-queue must be >= 1, got {self.max_queue}")
+            raise ConfigError(f"batcher.max_queue: must be >= 1, got {self.max_queue}")
 
 
 class MicroBatcher(Generic[T, R]):

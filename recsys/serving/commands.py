@@ -5,6 +5,11 @@ Commands:
     recsys serve --bundle bundles/setrec-ml100k --engine vllm --admin-token-file admin.token \
         --max-batch-size 32 --max-wait-ms 2 --max-queue 1024 \
         --catalogue postgresql://setrec@db.internal/setrec --catalogue-poll-s 1
+    recsys serve --config serve.yaml --set index.kind=hnsw --print_config
+
+The settings are :class:`recsys.serving.config.ServeConfig` keys, read through the one config
+path (:mod:`recsys.config`): the flags above, dotted keys (``--batcher.max_wait_ms=1``),
+``--set KEY=VALUE`` and ``--config FILE``; every error names the file or flag and the key.
 
 Startup loads and verifies the bundle (checksums, schema version, item table), replays the
 catalogue store (items added and removed at runtime) and starts the engine before the port
@@ -23,45 +28,37 @@ import asyncio
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from recsys.config import ConfigCommand
 from recsys.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recsys.serving.config import ServeConfig
+
+
+SERVE = ConfigCommand(
+    "recsys serve", "recsys.serving.config:ServeConfig",
+    "Serve a trained bundle (--bundle DIR) or a registered model (--model models:/NAME@ALIAS) as a ranking service.",
+    {"--admin-token-file": "admin_token_file", "--catalogue-poll-s": "catalogue_poll_s", "--text-encoder": "text_encoder",
+     "--max-batch-size": "batcher.max_batch_size", "--max-wait-ms": "batcher.max_wait_ms", "--max-queue": "batcher.max_queue",
+     "--max-in-flight": "max_in_flight", "--drain-s": "drain_s", "--index": "index.kind", "--log-level": "log_level"},
+)
 
 
 def register(subparsers) -> None:
-    """Add ``serve`` to the ``recsys`` command line."""
-    parser = subparsers.add_parser("serve", help="serve a trained bundle as a ranking service (FastAPI)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="registered model, e.g. models:/setrec@champion (MLFLOW_TRACKING_URI)")
-    source.add_argument("--bundle", help="bundle directory")
-    parser.add_argument("--engine", choices=("torch", "vllm"), default="torch", help="torch (T5, Qwen) or vllm (Qwen)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--admin-token-file", help="file (mode 600: no group or other access) holding the bearer token of "
-                        "POST and DELETE /v1/items; without it those endpoints answer 403")
-    parser.add_argument("--catalogue", default=DEFAULT_CATALOGUE,
-                        help="catalogue store URL: items added and removed at runtime are committed there before the answer and "
-                        "replayed at start (default %(default)s in the working directory; postgresql://USER@HOST/DB for replicas on several hosts)")
-    parser.add_argument("--catalogue-poll-s", type=float, default=1.0,
-                        help="seconds between reads of the catalogue store for other replicas' changes (the bound on how far replicas lag)")
-    parser.add_argument("--text-encoder", help="folder of the bundle's text encoder on this machine (checked by fingerprint); "
-                        "default: the path recorded in the bundle, else the bundled all-MiniLM-L6-v2")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="most queries per engine call")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill")
-    parser.add_argument("--max-queue", type=int, default=1024, help="most waiting queries; beyond it 503 + Retry-After")
-    parser.add_argument("--max-in-flight", type=int, default=0,
-                        help="most requests handled at once (health and metrics excepted); beyond it 503 + Retry-After (default 0: 4 x --max-queue)")
-    parser.add_argument("--drain-s", type=float, default=5.0, help="on shutdown, longest wait for open connections to close")
-    parser.add_argument("--index", choices=("exact", "ivf", "hnsw"), default="exact", help="FAISS index kind (exact ranks like the model)")
-    parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch and FAISS threads per engine call (default 1: on a shared 2-core CPU, 2 threads made one query "
-        "~100x slower through OpenMP spin-waits; batching gives the throughput); 0 keeps the libraries' defaults",
-    )
-    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
-    parser.set_defaults(func=run_serve)
+    """Add ``serve`` to the ``recsys`` command line (parsed through :mod:`recsys.config`)."""
+    SERVE.add_to(subparsers, "serve", "serve a trained bundle as a ranking service (FastAPI)", run_serve, parse_serve_args)
 
 
-DEFAULT_CATALOGUE = "sqlite:///setrec-catalogue.db"
+def parse_serve_args(argv: list[str]) -> ServeConfig:
+    """``recsys serve`` arguments -> validated ServeConfig, through the one config path.
+
+    Example:
+        >>> parse_serve_args(["--bundle", "bundles/b", "--max-batch-size", "8", "--index", "hnsw"]).index.kind
+        'hnsw'
+    """
+    return SERVE.parse(argv)[0]
 
 
 def read_token(path: str | Path) -> str:
@@ -95,39 +92,32 @@ def set_threads(threads: int) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-def build_app(args: argparse.Namespace):
+def build_app(config: ServeConfig):
     """Load the model, replay the catalogue and build the app (no server): the part of ``recsys serve`` tests can call."""
     from recsys.serving.app import AppConfig, create_app
-    from recsys.serving.batcher import BatcherConfig
     from recsys.serving.catalogue import Catalogue, CatalogueStore
-    from recsys.serving.index import IndexConfig
     from recsys.serving.service import Recommender, resolve_model
 
-    token = read_token(args.admin_token_file) if args.admin_token_file else None
-    batcher = BatcherConfig(args.max_batch_size, args.max_wait_ms, args.max_queue)
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be 1..65535, got {args.port}")
-    if args.catalogue_poll_s < 0:
-        raise ConfigError(f"--catalogue-poll-s must be >= 0, got {args.catalogue_poll_s}")
-    if args.max_in_flight < 0 or args.drain_s < 0:
-        raise ConfigError("--max-in-flight and --drain-s must be >= 0")
-    set_threads(args.threads)
-    path, name, version = resolve_model(args.model or args.bundle)
+    config.validate()
+    token = read_token(config.admin_token_file) if config.admin_token_file else None
+    set_threads(config.threads)
+    path, name, version = resolve_model(config.model or config.bundle)
     recommender = Recommender.from_bundle(
-        path, args.engine, model_name=name, model_version=version, index_config=IndexConfig(kind=args.index),
-        text_encoder_dir=args.text_encoder,
+        path, config.engine, model_name=name, model_version=version, index_config=config.index,
+        text_encoder_dir=config.text_encoder,
     )
     try:
-        store = CatalogueStore(args.catalogue, recommender.dataset_fingerprint)
-        catalogue = Catalogue(recommender, store, poll_s=args.catalogue_poll_s)
+        store = CatalogueStore(config.catalogue, recommender.dataset_fingerprint)
+        catalogue = Catalogue(recommender, store, poll_s=config.catalogue_poll_s)
     except BaseException:
         recommender.close()
         raise
-    config = AppConfig(batcher=batcher, admin_token=token, close_recommender=True, max_in_flight=args.max_in_flight or 4 * args.max_queue)
-    return create_app(recommender, config, catalogue)
+    app_config = AppConfig(batcher=config.batcher, admin_token=token, close_recommender=True,
+                           max_in_flight=config.max_in_flight or 4 * config.batcher.max_queue)
+    return create_app(recommender, app_config, catalogue)
 
 
-def make_server(app, args: argparse.Namespace):
+def make_server(app, config: ServeConfig):
     """The uvicorn server of ``recsys serve`` with the draining shutdown described in the module docstring."""
     import uvicorn
 
@@ -140,25 +130,26 @@ def make_server(app, args: argparse.Namespace):
             for sock in sockets or []:
                 sock.close()
             drain.start()  # answers carry Connection: close, /readyz is 503
-            deadline = time.monotonic() + args.drain_s
+            deadline = time.monotonic() + config.drain_s
             while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
                 await asyncio.sleep(0.02)
             await super().shutdown(sockets)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=30)
-    return DrainingServer(config)
+    return DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                         timeout_keep_alive=30))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of ``recsys serve``."""
-    app = build_app(args)
+    config = parse_serve_args(args.argv)
+    app = build_app(config)
     recommender = app.state.recommender
     catalogue = app.state.catalogue
     print(
         f"serving {recommender.model_name} version {recommender.model_version} ({recommender.num_items} items, "
         f"{recommender.engine.name} engine, catalogue {catalogue.store.url} at change {catalogue.applied_seq}) "
-        f"on http://{args.host}:{args.port}",
+        f"on http://{config.host}:{config.port}",
         flush=True,
     )
-    make_server(app, args).run()
+    make_server(app, config).run()
     return 0

@@ -10,90 +10,37 @@ Commands:
     recsys tokenize health --table art/ml-100k/table
     recsys tokenize add-items --table art/ml-100k/table --items new_items.jsonl
 
-Every command logs a run to MLflow (experiment ``tokenizers``). Heavy libraries are
-imported inside the handlers so ``recsys --help`` stays fast.
+Every command parses its arguments through the one config path (:mod:`recsys.config`: the flags
+above, dotted keys, ``--set KEY=VALUE``, ``--config FILE``, ``--print_config``) and logs a run to
+MLflow (experiment ``tokenizers``). Heavy libraries are imported inside the handlers so
+``recsys --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from recsys import tracking
+from recsys.config import ConfigCommand
 from recsys.errors import ConfigError, DataFormatError
 
 EXPERIMENT = "tokenizers"
 
 
 def register(subparsers) -> None:
-    """Add ``recsys tokenize`` and its subcommands."""
+    """Add ``recsys tokenize`` and its subcommands; each parses its arguments through :mod:`recsys.config`."""
     parser = subparsers.add_parser("tokenize", help="build item tokenizers (CF, semantic, ids, token tables)")
     sub = parser.add_subparsers(dest="tokenize_command", metavar="TOKENIZER", required=True)
-
-    cf = sub.add_parser("cf", help="CF item embeddings: train SASRec on the train split, or import external ones",
-                        description=CF_DESCRIPTION, add_help=False)
-    cf.set_defaults(func=run_cf, config_args=parse_cf_args)  # parsed through recsys.config (SASRecConfig keys)
-
-    sem = sub.add_parser("semantic", help="text embeddings of every item text (cached)", description=SEMANTIC_DESCRIPTION,
-                         add_help=False)
-    sem.set_defaults(func=run_semantic, config_args=parse_semantic_args)  # parsed through recsys.config (SemanticConfig keys)
-
-    ids = sub.add_parser("ids", help="residual k-means semantic ids for the token-sequence baseline")
-    ids.add_argument("--data", required=True, help="prepared dataset folder (checks the item count)")
-    ids.add_argument("--semantic", required=True, help="output folder of `recsys tokenize semantic`")
-    ids.add_argument("--out", required=True, help="output folder (semantic_ids.safetensors, manifest.json)")
-    ids.add_argument("--levels", type=int, default=3, help="k-means levels (default 3)")
-    ids.add_argument("--codes", type=int, default=256, help="centroids per level (default 256)")
-    ids.add_argument("--seed", type=int, default=0)
-    ids.add_argument("--niter", type=int, default=20, help="k-means iterations per level")
-    ids.add_argument("--backend", choices=("faiss", "numpy"), default="faiss")
-    ids.set_defaults(func=run_ids)
-
-    table = sub.add_parser("table", help="the (num_items, N+1, d) set-identifier table, with a health report")
-    table.add_argument("--data", required=True, help="prepared dataset folder")
-    table.add_argument("--cf", required=True, help="output folder of `recsys tokenize cf`")
-    table.add_argument("--semantic", required=True, help="output folder of `recsys tokenize semantic`")
-    table.add_argument("--out", required=True, help="output table folder")
-    table.add_argument("--num-tokens", type=int, default=4, help="N semantic tokens per item (default 4)")
-    table.add_argument("--token-dim", type=int, default=64, help="d, the backbone hidden size (default 64)")
-    table.add_argument("--seed", type=int, default=0)
-    table.add_argument("--pretrain-epochs", type=int, default=0, help="pre-train the autoencoder on reconstruction alone (0 = no)")
-    table.add_argument("--pretrain-lr", type=float, default=1e-3)
-    table.add_argument("--pretrain-batch-size", type=int, default=256)
-    table.set_defaults(func=run_table)
-
-    health = sub.add_parser("health", help="health report of a token table")
-    health.add_argument("--table", required=True, help="table folder")
-    health.add_argument("--threshold", type=float, default=0.99, help="near-duplicate cosine threshold")
-    health.add_argument("--max-pairwise-items", type=int, default=20000, help="compare all pairs of at most this many items (sample above)")
-    health.set_defaults(func=run_health)
-
-    add = sub.add_parser("add-items", help="cold start: add items to a table from their text alone")
-    add.add_argument("--table", required=True, help="table folder (updated in place unless --out)")
-    add.add_argument("--items", required=True, help="file with item_id and text columns (.jsonl, .csv, .parquet)")
-    add.add_argument("--out", default=None, help="write the extended table here instead")
-    add.add_argument("--cache-dir", default=None, help="embedding cache root (default: user cache)")
-    add.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    add.set_defaults(func=run_add_items)
-
-
-#: The documented flags of ``recsys tokenize semantic`` -> SemanticConfig keys (a target with "=" is a switch).
-SEMANTIC_FLAGS = {
-    "--encoder": "encoder.path",
-    "--batch-size": "encoder.batch_size",
-    "--max-length": "encoder.max_length",
-    "--device": "encoder.device",
-    "--cache-dir": "cache_dir",
-    "--no-cache": "use_cache=false",
-    "--no-progress": "progress=false",
-}
-SEMANTIC_DESCRIPTION = (
-    "Text embeddings of every item text (cached). The settings are SemanticConfig keys: --encoder DIR (local Hugging "
-    "Face / sentence-transformers folder; default: bundled all-MiniLM-L6-v2), --batch-size N, --max-length N, "
-    "--device D, --cache-dir DIR (default: $SETREC_CACHE_DIR or ~/.cache/setrec), --no-cache, --no-progress; or "
-    "dotted keys (--encoder.batch_size=N, --set use_cache=false), --config FILE; --print_config prints them."
-)
+    CF.add_to(sub, "cf", "CF item embeddings: train SASRec on the train split, or import external ones", run_cf, parse_cf_args)
+    SEMANTIC.add_to(sub, "semantic", "text embeddings of every item text (cached)", run_semantic, parse_semantic_args)
+    IDS.add_to(sub, "ids", "residual k-means semantic ids for the token-sequence baseline", run_ids, parse_ids_args)
+    TABLE.add_to(sub, "table", "the (num_items, N+1, d) set-identifier table, with a health report", run_table, parse_table_args)
+    HEALTH.add_to(sub, "health", "health report of a token table", run_health, parse_health_args)
+    ADD_ITEMS.add_to(sub, "add-items", "cold start: add items to a table from their text alone", run_add_items,
+                     parse_add_items_args)
 
 
 def data_out_options(parser) -> None:
@@ -102,46 +49,25 @@ def data_out_options(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (text_embeddings.safetensors, manifest.json)")
 
 
+SEMANTIC = ConfigCommand(
+    "recsys tokenize semantic", "recsys.tokenizers.semantic:SemanticConfig",
+    "Text embeddings of every item text of --data (cached), written to --out. --encoder DIR is a local Hugging Face / "
+    "sentence-transformers folder (default: the bundled all-MiniLM-L6-v2); the cache root defaults to "
+    "$SETREC_CACHE_DIR or ~/.cache/setrec.",
+    {"--encoder": "encoder.path", "--batch-size": "encoder.batch_size", "--max-length": "encoder.max_length",
+     "--device": "encoder.device", "--cache-dir": "cache_dir", "--no-cache": "use_cache=false",
+     "--no-progress": "progress=false"},
+    data_out_options,
+)
+
+
 def parse_semantic_args(argv: list[str]):
     """``recsys tokenize semantic`` arguments -> (SemanticConfig, command options), through the one config path.
 
     Example:
         >>> config, options = parse_semantic_args(["--data", "d", "--out", "o", "--no-cache"])
     """
-    from recsys.config import parse_command
-    from recsys.tokenizers.semantic import SemanticConfig
-
-    return parse_command(SemanticConfig, argv, "recsys tokenize semantic", SEMANTIC_DESCRIPTION,
-                         extra=data_out_options, aliases=SEMANTIC_FLAGS)
-
-
-#: The documented SASRec flags of ``recsys tokenize cf`` -> their SASRecConfig key (``--epochs 5`` is ``--max_epochs=5``).
-SASREC_FLAGS = {
-    "--epochs": "max_epochs",
-    "--patience": "patience",
-    "--dim": "hidden_size",
-    "--layers": "num_layers",
-    "--heads": "num_heads",
-    "--max-len": "max_len",
-    "--dropout": "dropout",
-    "--lr": "lr",
-    "--batch-size": "batch_size",
-    "--window-batch-size": "window_batch_size",
-    "--seed": "seed",
-    "--train-samples": "train_samples",
-    "--accelerator": "accelerator",
-    "--align": "align",
-    "--align-weight": "align_weight",
-    "--align-temperature": "align_temperature",
-    "--align-mask-ratio": "align_mask_ratio",
-}
-
-CF_DESCRIPTION = (
-    "CF item embeddings: train SASRec on the train split (or --import external ones). The SASRec settings are "
-    "SASRecConfig keys: --config FILE (YAML, repeatable), dotted flags (--max_epochs=5, --set max_epochs=5) or the "
-    "short flags " + ", ".join(f"{flag} (= --{key})" if flag[2:] != key else flag for flag, key in SASREC_FLAGS.items())
-    + "; --print_config prints them."
-)
+    return SEMANTIC.parse(argv)
 
 
 def cf_options(parser) -> None:
@@ -157,6 +83,19 @@ def cf_options(parser) -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the training run to MLflow")
 
 
+#: ``recsys tokenize cf``: its documented SASRec flags are aliases of SASRecConfig keys (``--epochs 5`` is ``--max_epochs=5``).
+CF = ConfigCommand(
+    "recsys tokenize cf", "recsys.models.sasrec:SASRecConfig",
+    "CF item embeddings: train SASRec on the train split (or --import external ones).",
+    {"--epochs": "max_epochs", "--patience": "patience", "--dim": "hidden_size", "--layers": "num_layers",
+     "--heads": "num_heads", "--max-len": "max_len", "--dropout": "dropout", "--lr": "lr", "--batch-size": "batch_size",
+     "--window-batch-size": "window_batch_size", "--seed": "seed", "--train-samples": "train_samples",
+     "--accelerator": "accelerator", "--align": "align", "--align-weight": "align_weight",
+     "--align-temperature": "align_temperature", "--align-mask-ratio": "align_mask_ratio"},
+    cf_options,
+)
+
+
 def parse_cf_args(argv: list[str]):
     """``recsys tokenize cf`` arguments -> (SASRecConfig, the SASRec keys given, command options).
 
@@ -165,13 +104,12 @@ def parse_cf_args(argv: list[str]):
     """
     import dataclasses
 
-    from recsys.config import expand_aliases, expand_set, parse_command
+    from recsys.config import given_keys
     from recsys.models.sasrec import SASRecConfig
 
-    config, options = parse_command(SASRecConfig, argv, "recsys tokenize cf", CF_DESCRIPTION, extra=cf_options, aliases=SASREC_FLAGS)
+    config, options = CF.parse(argv)
     fields = {f.name for f in dataclasses.fields(SASRecConfig)}
-    expanded = expand_aliases(expand_set(argv), SASREC_FLAGS)
-    given = sorted({arg[2:].split("=", 1)[0] for arg in expanded if arg.startswith("--")} & (fields | {"config"}))
+    given = sorted(given_keys(argv, CF.aliases) & (fields | {"config"}))
     return config, given, options
 
 
@@ -242,17 +180,43 @@ def run_semantic(args: argparse.Namespace) -> int:
     return 0
 
 
+def ids_options(parser) -> None:
+    """The folders of ``recsys tokenize ids`` (not SemanticIdConfig keys)."""
+    parser.add_argument("--data", required=True, help="prepared dataset folder (checks the item count)")
+    parser.add_argument("--semantic", required=True, help="output folder of `recsys tokenize semantic`")
+    parser.add_argument("--out", required=True, help="output folder (semantic_ids.safetensors, manifest.json)")
+
+
+IDS = ConfigCommand(
+    "recsys tokenize ids", "recsys.tokenizers.semantic_ids:SemanticIdConfig",
+    "Residual k-means semantic ids of the text embeddings in --semantic (the token-sequence baseline), written to --out.",
+    extra=ids_options,
+)
+
+
+def parse_ids_args(argv: list[str]):
+    """``recsys tokenize ids`` arguments -> (validated SemanticIdConfig, the folders), through the one config path.
+
+    Example:
+        >>> config, options = parse_ids_args(["--data", "d", "--semantic", "s", "--out", "o", "--levels", "2"])
+    """
+    return IDS.parse(argv)
+
+
 def run_ids(args: argparse.Namespace) -> int:
     """``recsys tokenize ids``: residual k-means semantic ids of the text embeddings."""
+    from dataclasses import asdict
+
     from recsys.pipelines.prepared import PreparedDataset
     from recsys.tokenizers.semantic import load_text_embeddings
     from recsys.tokenizers.semantic_ids import build_semantic_ids
 
+    config, args = parse_ids_args(args.argv)
     data = PreparedDataset.load(args.data)
     embeddings = load_text_embeddings(args.semantic, num_items=data.num_items)
-    params = {"data": args.data, "semantic": args.semantic, "levels": args.levels, "codes": args.codes, "seed": args.seed, "niter": args.niter, "backend": args.backend}
+    params = {"data": args.data, "semantic": args.semantic, **asdict(config)}
     with tracking.start_run(EXPERIMENT, "semantic-ids", params, tags={"dataset": data.fingerprint}):
-        ids = build_semantic_ids(embeddings, args.levels, args.codes, args.seed, niter=args.niter, backend=args.backend)
+        ids = build_semantic_ids(embeddings, **asdict(config))
         ids.stats["dataset_fingerprint"] = data.fingerprint
         ids.save(args.out)
         stats = ids.stats
@@ -267,19 +231,74 @@ def run_ids(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class TableCommandConfig:
+    """Settings of ``recsys tokenize table`` (parsed through :mod:`recsys.config`; the library's is TableConfig)."""
+
+    data: str
+    """Prepared dataset folder."""
+    cf: str
+    """Output folder of `recsys tokenize cf`."""
+    semantic: str
+    """Output folder of `recsys tokenize semantic`."""
+    out: str
+    """Output table folder."""
+    num_tokens: int = 4
+    """N semantic tokens per item."""
+    token_dim: int = 64
+    """d, the backbone hidden size the recommender will use."""
+    seed: int = 0
+    """Seeds the projection and autoencoder initial weights and the autoencoder pre-training (TableConfig.seed and
+    TableConfig.pretrain.seed)."""
+    pretrain_epochs: int = 0
+    """Pre-train the autoencoder on reconstruction alone for this many epochs (0 = no)."""
+    pretrain_lr: float = 1e-3
+    """AdamW learning rate of the pre-training."""
+    pretrain_batch_size: int = 256
+    """Items per pre-training step."""
+
+    def validate(self) -> None:
+        for key in ("num_tokens", "token_dim", "pretrain_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.pretrain_epochs < 0:
+            raise ConfigError(f"pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
+
+    def table_config(self):
+        """The library's :class:`~recsys.tokenizers.identifiers.TableConfig` of these settings."""
+        from recsys.tokenizers.identifiers import TableConfig
+        from recsys.tokenizers.semantic import AutoencoderPretrainConfig
+
+        pretrain = AutoencoderPretrainConfig(epochs=self.pretrain_epochs, lr=self.pretrain_lr,
+                                             batch_size=self.pretrain_batch_size, seed=self.seed)
+        return TableConfig(num_semantic_tokens=self.num_tokens, token_dim=self.token_dim, seed=self.seed, pretrain=pretrain)
+
+
+TABLE = ConfigCommand(
+    "recsys tokenize table", TableCommandConfig, "The (num_items, N+1, d) set-identifier table, with a health report.",
+    {"--num-tokens": "num_tokens", "--token-dim": "token_dim", "--pretrain-epochs": "pretrain_epochs",
+     "--pretrain-lr": "pretrain_lr", "--pretrain-batch-size": "pretrain_batch_size"},
+)
+
+
+def parse_table_args(argv: list[str]) -> TableCommandConfig:
+    """``recsys tokenize table`` arguments -> TableCommandConfig, through the one config path.
+
+    Example:
+        >>> parse_table_args(["--data", "d", "--cf", "c", "--semantic", "s", "--out", "o", "--num-tokens", "2"]).num_tokens
+        2
+    """
+    return TABLE.parse(argv)[0]
+
+
 def run_table(args: argparse.Namespace) -> int:
     """``recsys tokenize table``: build, save and check the set-identifier table."""
-    from recsys.tokenizers.identifiers import TableConfig, build_item_table, health_report
-    from recsys.tokenizers.semantic import AutoencoderPretrainConfig
-
-    config = TableConfig(
-        num_semantic_tokens=args.num_tokens,
-        token_dim=args.token_dim,
-        seed=args.seed,
-        pretrain=AutoencoderPretrainConfig(epochs=args.pretrain_epochs, lr=args.pretrain_lr, batch_size=args.pretrain_batch_size, seed=args.seed),
-    )
     from dataclasses import asdict
 
+    from recsys.tokenizers.identifiers import build_item_table, health_report
+
+    args = parse_table_args(args.argv)
+    config = args.table_config()
     with tracking.start_run(EXPERIMENT, "item-table", {"data": args.data, "cf": args.cf, "semantic": args.semantic, **asdict(config)}):
         table, metrics = build_item_table(args.data, args.cf, args.semantic, config)
         table.save(args.out)
@@ -294,10 +313,44 @@ def run_table(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class HealthConfig:
+    """Settings of ``recsys tokenize health`` (parsed through :mod:`recsys.config`)."""
+
+    table: str
+    """Table folder (output of `recsys tokenize table`)."""
+    threshold: float = 0.99
+    """Near-duplicate cosine threshold."""
+    max_pairwise_items: int = 20000
+    """Compare all pairs of at most this many items (a seeded sample above)."""
+
+    def validate(self) -> None:
+        if self.max_pairwise_items < 2:
+            raise ConfigError(f"max_pairwise_items: must be >= 2, got {self.max_pairwise_items}")
+
+
+HEALTH = ConfigCommand(
+    "recsys tokenize health", HealthConfig,
+    "Health report of a token table (reconstruction, similarity between items, near-duplicates).",
+    {"--max-pairwise-items": "max_pairwise_items"},
+)
+
+
+def parse_health_args(argv: list[str]) -> HealthConfig:
+    """``recsys tokenize health`` arguments -> HealthConfig, through the one config path.
+
+    Example:
+        >>> parse_health_args(["--table", "t", "--threshold", "0.95"]).threshold
+        0.95
+    """
+    return HEALTH.parse(argv)[0]
+
+
 def run_health(args: argparse.Namespace) -> int:
     """``recsys tokenize health``: print and log the health report of a saved table."""
     from recsys.tokenizers.identifiers import ItemTokenTable, health_report
 
+    args = parse_health_args(args.argv)
     table = ItemTokenTable.load(args.table)
     with tracking.start_run(EXPERIMENT, "item-table-health", {"table": args.table, "threshold": args.threshold}):
         report = health_report(table, threshold=args.threshold, max_pairwise_items=args.max_pairwise_items)
@@ -347,11 +400,44 @@ def read_new_items(path: str | Path) -> tuple[list[str], list[str]]:
     return ids, frame["text"].to_list()
 
 
+@dataclass
+class AddItemsConfig:
+    """Settings of ``recsys tokenize add-items`` (parsed through :mod:`recsys.config`)."""
+
+    table: str
+    """Table folder (updated in place unless out is given)."""
+    items: str
+    """File with item_id and text columns (.jsonl, .csv, .parquet)."""
+    out: str | None = None
+    """Write the extended table here instead."""
+    cache_dir: str | None = None
+    """Embedding cache root (default: $SETREC_CACHE_DIR or ~/.cache/setrec)."""
+    use_cache: bool = True
+    """Read and write the embedding cache (--no-cache: neither)."""
+
+
+ADD_ITEMS = ConfigCommand(
+    "recsys tokenize add-items", AddItemsConfig, "Cold start: add items to a table from their text alone.",
+    {"--cache-dir": "cache_dir", "--no-cache": "use_cache=false"},
+)
+
+
+def parse_add_items_args(argv: list[str]) -> AddItemsConfig:
+    """``recsys tokenize add-items`` arguments -> AddItemsConfig, through the one config path.
+
+    Example:
+        >>> parse_add_items_args(["--table", "t", "--items", "new.jsonl", "--no-cache"]).use_cache
+        False
+    """
+    return ADD_ITEMS.parse(argv)[0]
+
+
 def run_add_items(args: argparse.Namespace) -> int:
     """``recsys tokenize add-items``: add items to a table from their text (cold start)."""
     from recsys.tokenizers.identifiers import ItemTokenTable, add_items_from_text
     from recsys.tokenizers.text_encoder import EmbeddingCache, TextEncoder, TextEncoderConfig, default_cache_dir
 
+    args = parse_add_items_args(args.argv)
     ids, texts = read_new_items(args.items)
     table = ItemTokenTable.load(args.table)
     recorded = table.info.get("text_encoder", {})
@@ -361,7 +447,7 @@ def run_add_items(args: argparse.Namespace) -> int:
         encoder = TextEncoder(
             TextEncoderConfig(path=recorded["path"], pooling=recorded.get("pooling"), normalize=recorded.get("normalize"), max_length=recorded.get("max_length"))
         )
-        if not args.no_cache:
+        if args.use_cache:
             cache = EmbeddingCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), encoder.fingerprint, encoder.dim)
     out = args.out or args.table
     with tracking.start_run(EXPERIMENT, "add-items", {"table": args.table, "items": args.items, "out": out}):

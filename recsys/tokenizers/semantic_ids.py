@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ SCHEMA_VERSION = 1
 KIND = "semantic_ids"
 IDS_FILE = "semantic_ids.safetensors"
 MANIFEST_FILE = "manifest.json"
-BACKENDS = ("faiss", "numpy")
+#: The k-means backends: faiss (fast path) or numpy (reference).
+Backend = Literal["faiss", "numpy"]
+BACKENDS = get_args(Backend)
 
 
 @dataclass
@@ -59,19 +62,19 @@ class SemanticIdConfig:
     seed: int = 0
     niter: int = 20
     train_sample: int | None = 65536
-    backend: str = "faiss"
+    backend: Backend = "faiss"
 
     def validate(self) -> None:
         if self.levels < 1:
-            raise ConfigError(f"levels must be >= 1, got {self.levels}")
+            raise ConfigError(f"levels: must be >= 1, got {self.levels}")
         if self.codes < 1:
-            raise ConfigError(f"codes must be >= 1, got {self.codes}")
+            raise ConfigError(f"codes: must be >= 1, got {self.codes}")
         if self.niter < 1:
-            raise ConfigError(f"niter must be >= 1, got {self.niter}")
+            raise ConfigError(f"niter: must be >= 1, got {self.niter}")
         if self.train_sample is not None and self.train_sample < 1:
-            raise ConfigError(f"train_sample must be >= 1 or None, got {self.train_sample}")
+            raise ConfigError(f"train_sample: must be >= 1 or None, got {self.train_sample}")
         if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ConfigError(f"backend: must be one of {BACKENDS}, got {self.backend!r}")
 
 
 # --------------------------------------------------------------------------------------

@@ -88,9 +88,9 @@ def test_submitting_before_start_and_bad_settings_are_refused():
     batcher = MicroBatcher(lambda items: items)
     with pytest.raises(QueueFullError, match="not running"):
         run(batcher.submit(1))
-    with pytest.raises(ConfigError, match="--max-batch-size"):
+    with pytest.raises(ConfigError, match=r"batcher\.max_batch_size: must be >= 1"):
         BatcherConfig(max_batch_size=0)
-    with pytest.raises(ConfigError, match="--max-queue"):
+    with pytest.raises(ConfigError, match=r"batcher\.max_queue: must be >= 1"):
         BatcherConfig(max_queue=0)
 
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from argparse import Namespace
 
 import httpx
 import pytest
@@ -21,12 +20,14 @@ from recsys.errors import ArtifactError
 pytestmark = pytest.mark.slow
 
 
-def serve_args(**overrides) -> Namespace:
-    values = dict(model=None, bundle=None, engine="torch", host="127.0.0.1", port=8000, admin_token_file=None,
-                  max_batch_size=8, max_wait_ms=1.0, max_queue=64, index="exact", threads=0, log_level="warning",
-                  catalogue="sqlite://", catalogue_poll_s=0.0, text_encoder=None, max_in_flight=0, drain_s=1.0)
+def serve_args(**overrides):
+    from recsys.serving.batcher import BatcherConfig
+    from recsys.serving.config import ServeConfig
+
+    values = dict(batcher=BatcherConfig(max_batch_size=8, max_wait_ms=1.0, max_queue=64), threads=0,
+                  catalogue="sqlite://", catalogue_poll_s=0.0, drain_s=1.0)
     values.update(overrides)
-    return Namespace(**values)
+    return ServeConfig(**values)
 
 
 def test_a_registered_model_is_served_under_its_name_and_version(qwen_bundle, tmp_path, monkeypatch):
