@@ -33,6 +33,8 @@ def test_one_prefix_pools_recency_weighted_tokens():
 
 def test_packed_equals_each_prefix_alone_and_reads_no_later_item():
     prior = HistoryPrior(3, cf_first=False, initial_rate=0.7)
+    with torch.no_grad():
+        prior.scale.copy_(torch.tensor([0.5, 1.0, 2.0]))  # the backbone's share counts too
     tokens, valid = left_padded()
     states = torch.randn(3, 6, 3, 4)
     packed = prior.packed(states, tokens, valid)
@@ -67,6 +69,16 @@ def test_semantic_scores_start_from_text_similarity():
     expected = (w @ text[[3, 7, 11]]) / w.sum() @ text.T
     gain = model.item_encoder.log_text_gain.exp() ** 2
     torch.testing.assert_close(semantic[0], gain * expected, atol=1e-5, rtol=1e-4)
+
+
+def test_untrained_model_ranks_by_the_prior_and_the_backbone_scale_learns():
+    prior = HistoryPrior(2, cf_first=True)
+    tokens, valid = left_padded(k=2)
+    states = torch.randn(3, 2, 4, requires_grad=True)
+    out = prior(states, tokens, valid)
+    torch.testing.assert_close(out, prior(torch.zeros(3, 2, 4), tokens, valid))  # scale starts at 0
+    out.pow(2).sum().backward()
+    assert prior.scale.grad is not None and bool((prior.scale.grad != 0).any())
 
 
 def test_config_choices_and_old_bundles():
