@@ -326,7 +326,7 @@ class SetRecModel(nn.Module):
         self.queries = nn.Parameter(torch.randn(self.tokens_per_item, d) * 0.02)
         self.history_prior = None
         if config.history_prior == "recency":
-            self.history_prior = HistoryPrior(self.tokens_per_item, cf_first=config.token_set != "semantic")
+            self.history_prior = HistoryPrior(self.tokens_per_item)
         if config.lora is not None:
             self._add_lora(config.lora)
         role = "decoder_only" if config.backbone == "qwen" else "encoder"
@@ -556,7 +556,6 @@ class SetRecModel(nn.Module):
         else:
             groups = (valid.sum(dim=1, keepdim=True) - 1).expand(batch, num_queries)
             query_states = self._query_decoder(query_inputs.to(tokens.dtype), states, layout, groups)
-        query_states = self.apply_history_prior(query_states, tokens, valid)
         return SetRecOutput(query_states, hidden, layout)
 
     @property
@@ -610,19 +609,19 @@ class SetRecModel(nn.Module):
         out, _ = interface(attention, q, key, value, mask[:, :, -k:, :], dropout=0.0, scaling=attention.scaling)
         states = h[:, -k:] + attention.o_proj(out.reshape(batch, k, -1).contiguous())
         states = states + last.mlp(last.post_attention_layernorm(states))
-        return self.apply_history_prior(core.norm(states), tokens, valid)
+        return core.norm(states)
 
     def apply_history_prior(self, states: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, K, d) backbone query states -> the model's query states (the history prior added, when on).
+        """(B, K, d) backbone query states -> the model's query states: the history prior added, when on.
 
-        For engines that run the backbone elsewhere (vLLM): :meth:`forward_tokens` and
-        :meth:`fast_query_states` already apply it.
+        :meth:`query_states` does this; engines that run the backbone themselves (:meth:`fast_query_states`,
+        vLLM) call it on their states.
 
         Args:
-            states: (B, K, d) query states of the backbone alone.
+            states: (B, K, d) query states of the backbone alone (:meth:`forward_tokens`).
             tokens: (B, L, K, d) history tokens; valid: (B, L) bool, left-padded.
         """
-        return states if self.history_prior is None else self.history_prior(states, tokens, valid)
+        return states if self.history_prior is None else states + self.history_prior(tokens, valid).to(states.dtype)
 
     def forward_packed(self, tokens: torch.Tensor, valid: torch.Tensor, query_inputs: torch.Tensor | None = None) -> torch.Tensor:
         """All-prefix pass: the query states of every prefix of every history in one backbone pass.
@@ -658,8 +657,6 @@ class SetRecModel(nn.Module):
             groups = groups.repeat_interleave(k, dim=1)
             out = self._query_decoder(query_inputs.reshape(batch, length * k, d).to(tokens.dtype), states, layout, groups)
             out = out.reshape(batch, length, k, d)
-        if self.history_prior is not None:
-            out = self.history_prior.packed(out, tokens, valid)
         return out
 
     # ------------------------------------------------------------------ queries and scores
@@ -674,20 +671,43 @@ class SetRecModel(nn.Module):
         target_items: torch.Tensor | None = None,
         table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, L) left-padded histories (-1 = padding) -> (B, K, d) query hidden states h_k.
+        """(B, L) left-padded histories (-1 = padding) -> (B, K, d) query states h_k (backbone + history prior).
 
         Args:
             history_items: item indices, left-padded with -1.
             target_items: (B,) gold next items; teacher forcing for autoregressive generation.
+                (B, L): every prefix's next item (all-prefix), giving (B, L, K, d) states.
             table: the (num_items, K, d) item table when already computed.
         """
+        backbone, prior = self.expert_states(history_items, target_items, table)
+        return backbone if prior is None else backbone + prior
+
+    def expert_states(
+        self,
+        history_items: torch.Tensor,
+        target_items: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The two experts' query states: (backbone, history prior or None), each (B, K, d) or (B, L, K, d).
+
+        Training gives each its own cross-entropy (:meth:`target_losses`); the model scores with their
+        sum (:meth:`query_states`). Arguments as :meth:`query_states`.
+        """
         tokens, valid = self.history_tokens(history_items)
-        if target_items is not None and target_items.ndim == 2:
-            return self._packed_query_states(tokens, valid, target_items, table)
+        packed = target_items is not None and target_items.ndim == 2
+        prior = None
+        if self.history_prior is not None:
+            prior = self.history_prior.packed(tokens, valid) if packed else self.history_prior(tokens, valid)
+        if packed:
+            return self._packed_query_states(tokens, valid, target_items, table), prior
+        return self._backbone_query_states(tokens, valid, target_items, table, prior), prior
+
+    def _backbone_query_states(self, tokens, valid, target_items, table, prior) -> torch.Tensor:
+        """(B, K, d) backbone states of one prefix per row; greedy autoregressive decoding ranks with backbone + prior."""
         if self.config.generation == "simultaneous":
             return self.forward_tokens(tokens, valid).query_states
         table = self.item_table() if table is None else table
-        batch, num_queries = history_items.shape[0], self.tokens_per_item
+        batch, num_queries = tokens.shape[0], self.tokens_per_item
         previous = tokens.new_zeros(batch, num_queries, self.hidden_size)
         if target_items is not None:
             previous[:, 1:] = table[target_items, :-1]
@@ -696,7 +716,8 @@ class SetRecModel(nn.Module):
         for k in range(num_queries):  # greedy: K passes, each fixing the next query's input
             states = self.forward_tokens(tokens, valid, self._autoregressive_inputs(previous)).query_states
             if k + 1 < num_queries:
-                best = (states[:, k] @ table[:, k].T).argmax(dim=-1)
+                ranked = states[:, k] if prior is None else states[:, k] + prior[:, k]
+                best = (ranked @ table[:, k].T).argmax(dim=-1)
                 previous = previous.clone()
                 previous[:, k + 1] = table[best, k]
         return states
@@ -795,24 +816,34 @@ class SetRecModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-target cross-entropy, mean over the K dimensions: ((T,) losses, (T,) target items).
 
+        With the history prior on, the backbone's and the prior's cross-entropies are summed, each over
+        its own logits (:meth:`expert_states`), so each expert is trained on its own.
+
         ``target_items`` (B,) gives T = B one-prefix targets; (B, L) gives every position with a
         target (T = number of entries >= 0), in row-major order.
         """
         table = self.item_table()
-        states = self.query_states(history_items, target_items=target_items, table=table)
+        backbone, prior = self.expert_states(history_items, target_items=target_items, table=table)
         if target_items.ndim == 2:
             keep = target_items >= 0
-            states, targets = states[keep], target_items[keep]
+            targets = target_items[keep]
+            backbone, prior = backbone[keep], (None if prior is None else prior[keep])
         else:
             targets = target_items
+        if candidates is not None and bool((~candidates[targets]).any()):
+            raise ValueError("a target item is not among the softmax candidates")
+        losses = [self._expert_ce(states, table, targets, candidates) for states in (backbone, prior) if states is not None]
+        return sum(losses), targets
+
+    @staticmethod
+    def _expert_ce(states, table, targets, candidates) -> torch.Tensor:
+        """(T,) full-catalogue cross-entropy of (T, K, d) states, mean over the K dimensions."""
         logits = torch.einsum("tkd,ikd->tki", states.float(), table.float())
         count, k, num_items = logits.shape
         if candidates is not None:
-            if bool((~candidates[targets]).any()):
-                raise ValueError("a target item is not among the softmax candidates")
             logits = logits.masked_fill(~candidates.to(logits.device)[None, None, :], -math.inf)
         ce = F.cross_entropy(logits.reshape(count * k, num_items), targets.repeat_interleave(k), reduction="none")
-        return ce.view(count, k).mean(dim=1), targets
+        return ce.view(count, k).mean(dim=1)
 
     # ------------------------------------------------------------------ safety
 

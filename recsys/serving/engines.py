@@ -130,7 +130,7 @@ class TorchEngine:
                 vectors = self.model.query_vectors(padded, self.beta)
             else:
                 tokens, valid = self.tokens.history(padded)
-                states = self.model.fast_query_states(tokens, valid)
+                states = self.model.apply_history_prior(self.model.fast_query_states(tokens, valid), tokens, valid)
                 vectors = (states * self.weights.to(states)[None, :, None]).flatten(1)
             parts.append(vectors.float().cpu())
         return torch.cat(parts).numpy()

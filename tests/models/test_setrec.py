@@ -42,9 +42,9 @@ BACKBONES = ["qwen", "t5"]
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_permuting_tokens_inside_an_item_leaves_queries_unchanged(backbone):
-    """The backbone sees an item as a set (ARCHITECTURE.md 3.2). The history prior is per dimension
-    (history token k feeds query k, as the candidate's token k meets query k in the score), so it is off here."""
-    model = make_model(backbone, history_prior="none")
+    """The backbone sees an item as a set (ARCHITECTURE.md 3.2); forward_tokens is the backbone alone (the
+    history prior is per dimension: history token k feeds query k, as the candidate's token k meets query k)."""
+    model = make_model(backbone)
     tokens, valid = random_tokens(model)
     base = model.forward_tokens(tokens, valid).query_states
     for row, item in ((0, 0), (0, 2), (1, 1)):
@@ -213,9 +213,11 @@ def test_softmax_candidates_leave_new_items_out_of_the_loss():
     candidates[-3:] = False  # three new items: never a target, so never a negative either
     out = model.loss(histories, targets, alpha=0.0, candidates=candidates)
     table = model.item_table()
-    states = model.query_states(histories, table=table)
-    logits = torch.einsum("bkd,ikd->bki", states, table)[:, :, candidates]  # the softmax over warm items only
-    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, int(candidates.sum())), targets.repeat_interleave(model.tokens_per_item))
+    expected = 0.0
+    for states in model.expert_states(histories, table=table):  # backbone and history prior, each its own loss
+        logits = torch.einsum("bkd,ikd->bki", states, table)[:, :, candidates]  # the softmax over warm items only
+        expected = expected + torch.nn.functional.cross_entropy(logits.reshape(-1, int(candidates.sum())),
+                                                                targets.repeat_interleave(model.tokens_per_item))
     assert torch.allclose(out["ce"], expected, atol=1e-5)
     assert out["ce"] < model.loss(histories, targets, alpha=0.0)["ce"]  # fewer competitors, lower loss
 
