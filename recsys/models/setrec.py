@@ -327,6 +327,8 @@ class SetRecModel(nn.Module):
         self.history_prior = None
         if config.history_prior == "recency":
             self.history_prior = HistoryPrior(self.tokens_per_item)
+            with torch.no_grad():
+                self.history_prior.calibrate(self.item_table())
         if config.lora is not None:
             self._add_lora(config.lora)
         role = "decoder_only" if config.backbone == "qwen" else "encoder"

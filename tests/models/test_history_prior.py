@@ -21,14 +21,14 @@ def left_padded(batch=3, length=6, k=3, d=4, seed=0):
 def test_one_prefix_pools_recency_weighted_tokens():
     prior = HistoryPrior(3, initial_rate=0.5)
     with torch.no_grad():
-        prior.gain.copy_(torch.tensor([0.0, 1.0, 2.0]))
+        prior.log_gain.copy_(torch.log(torch.tensor([0.5, 1.0, 2.0])))
     tokens, valid = left_padded()
     out = prior(tokens, valid)
     for row in range(3):
         idx = valid[row].nonzero().flatten()
         w = torch.exp(-0.5 * (5 - idx).float())
         pooled = (w[:, None, None] * tokens[row, idx]).sum(0) / w.sum()
-        torch.testing.assert_close(out[row], pooled * torch.tensor([0.0, 1.0, 2.0])[:, None], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[row], pooled * torch.tensor([0.5, 1.0, 2.0])[:, None], atol=1e-6, rtol=0)
 
 
 def test_packed_equals_each_prefix_alone_and_reads_no_later_item():
@@ -59,13 +59,22 @@ def make_model(backbone="qwen", items=30, dz=12, **overrides):
 def test_semantic_prior_scores_are_text_similarity():
     """With projection tokens, the prior's semantic scores rank as text similarity of the recent history does."""
     model, text = make_model()
+    with torch.no_grad():
+        model.history_prior.log_gain.zero_()  # the calibrated gain is tested below; here: the geometry
     tokens, valid = model.history_tokens(pad_histories([[3, 7, 11]], max_len=5))
     prior = model.history_prior(tokens, valid)
     semantic = torch.einsum("bkd,ikd->bi", prior[:, 1:], model.item_table()[:, 1:])
     w = torch.exp(-torch.tensor([2.0, 1.0, 0.0]))
     expected = (w @ text[[3, 7, 11]]) / w.sum() @ text.T
     gain = model.item_encoder.log_text_gain.exp() ** 2
-    torch.testing.assert_close(semantic[0], gain * expected.detach(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(semantic[0], (gain * expected).detach(), atol=1e-4, rtol=1e-3)
+
+
+def test_calibration_sets_the_temperature():
+    model, _ = make_model()
+    table = model.item_table()
+    norm2 = table.pow(2).sum(-1).mean(0)
+    torch.testing.assert_close(model.history_prior.gain * norm2 * HistoryPrior.TEMPERATURE, torch.ones(5), rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("backbone", ["qwen", "t5"])
@@ -87,7 +96,7 @@ def test_model_scores_with_the_sum_and_trains_each_expert_on_its_own(backbone):
     model.zero_grad()
     states, _ = model.expert_states(histories)
     model._expert_ce(states, model.item_table(), targets, None).sum().backward()
-    assert model.history_prior.gain.grad is None or bool((model.history_prior.gain.grad == 0).all())
+    assert model.history_prior.log_gain.grad is None or bool((model.history_prior.log_gain.grad == 0).all())
 
 
 def test_config_choices_and_old_bundles():
