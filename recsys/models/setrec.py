@@ -327,8 +327,9 @@ class SetRecModel(nn.Module):
         self.history_prior = None
         if config.history_prior == "recency":
             self.history_prior = HistoryPrior(self.tokens_per_item)
-            with torch.no_grad():
-                self.history_prior.calibrate(self.item_table())
+            with torch.no_grad():  # a sample of rows is enough for a mean norm, and stays small on big catalogues
+                sample = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(0))[:4096]
+                self.history_prior.calibrate(self.encode_items(sample.to(self.prompt.device)))
         if config.lora is not None:
             self._add_lora(config.lora)
         role = "decoder_only" if config.backbone == "qwen" else "encoder"
