@@ -348,7 +348,9 @@ def check_backbone(path: str | Path, manifest: Mapping[str, Any]):
     path = Path(path)
     manifest_path = path / MANIFEST
     try:
-        config = SetRecConfig.from_dict(manifest["model_config"], where="model_config")
+        values = dict(manifest["model_config"])
+        values.setdefault("history_prior", "none")  # bundles saved before the key ran the backbone alone
+        config = SetRecConfig.from_dict(values, where="model_config")
     except (ConfigError, TypeError, ValueError, KeyError) as error:
         raise ArtifactError(f"{manifest_path}: model_config is invalid ({_one_line(error)}); re-export the bundle") from error
     declared = BACKBONE_MODEL_TYPES.get(config.backbone)

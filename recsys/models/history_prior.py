@@ -4,17 +4,18 @@ For the prefix that ends at position p, dimension k of the prior is ``gain_k * s
 where t_j^k is token k of history item j and w_j ∝ exp(-rate * (p - j)) over the items j <= p
 (normalised to sum 1). Its score of item i in dimension k is the inner product with t_i^k. With the
 text-faithful semantic tokens (``semantic_tokens: projection``, :mod:`recsys.models.item_tokens`) the
-semantic dimensions of the prior are exactly the text similarity of the candidate to the recent
-history (token inner products are g^2 times those of the texts); its CF dimension is the item-item
-similarity of CF tokens. It is a copy path in the sense of pointer-generator models (See et al.,
+semantic dimensions of the prior sum to the text similarity of the candidate to the recent history
+when their gains are equal (token inner products are g^2 times those of the texts), a per-dimension
+weighting of it otherwise; its CF dimension is the item-item similarity of CF tokens. It is a copy path in the sense of pointer-generator models (See et al.,
 ACL 2017, section 2.2), applied to the set identifier's token space.
 
 How it combines with the backbone (:class:`recsys.models.setrec.SetRecModel`): the model's query
 state k is ``backbone_k + prior_k``, so its scores are the sum of the two experts' logits (a
 product of experts, Hinton, Neural Computation 2002); in training each expert gets its own
-cross-entropy per dimension, so neither can drown the other. Measured on amazon-industrial
-(benchmarks/RESULTS.md): added with one shared loss, the backbone's first epochs (states of
-root-mean-square 1 against item tokens of about 0.09) took valid NDCG@10 from 0.133 down to 0.093.
+cross-entropy per dimension, so neither can drown the other (they share the item tokens, which both
+losses train). Measured on amazon-industrial (benchmarks/RESULTS.md, "history prior"): added with one
+shared loss, the backbone's first epochs (states of root-mean-square 1 against item tokens of about
+0.09) took valid NDCG@10 from 0.133 down to 0.093.
 
 Learnt parameters: ``gain`` (K,), kept as its log so that optimiser steps scale it, and ``rate``
 (softplus of a raw scalar, initialised 1.0 per item of distance). :meth:`HistoryPrior.calibrate`

@@ -11,6 +11,11 @@ the hidden states h_0..h_{K-1} in one forward pass:
   hard identity self-attention mask, one shared position, and cross-attention to the encoder.
   The relative position bias is computed from the shared position ids, not from ``arange``.
 
+With ``history_prior: recency`` (the default) each query state is the backbone's state plus a copy
+expert's, token k of the recency-weighted history (:mod:`recsys.models.history_prior`): h_k =
+b_k + prior_k (:meth:`SetRecModel.expert_states`); training gives the two experts their own
+cross-entropy each (they share the item tokens). ``none`` is the backbone alone (the SETRec paper).
+
 Scores: s_k(i) = <h_k, t_i^k>; score(i) = (1 - beta) s_0(i) + beta * sum_{k>=1} s_k(i), i.e. one
 inner product of ``query_vectors`` with the flattened item token rows.
 
@@ -113,10 +118,10 @@ class SetRecConfig:
     items are reachable), ``residual`` (projection plus a zero-initialised autoencoder correction) or
     ``autoencoder`` (the jointly trained autoencoder alone; kept 1.2% of text neighbours)."""
     history_prior: Literal["recency", "none"] = "recency"
-    """``recency``: every query state starts from the recency-weighted tokens of the history it reads
-    (:mod:`recsys.models.history_prior`; with ``projection`` tokens the semantic scores start from the
-    text similarity of the candidate to the recent history) or ``none`` (the backbone alone; what
-    bundles saved before this key used)."""
+    """``recency``: every query state is the backbone's plus a copy expert's, the recency-weighted tokens of
+    the history (:mod:`recsys.models.history_prior`; with ``projection`` tokens its semantic scores are a
+    per-dimension weighting of the text similarity to the recent history), each expert trained with its own
+    cross-entropy; or ``none`` (the backbone alone, as in the SETRec paper and in bundles saved before this key)."""
     num_prompt_tokens: int = 2
     """P, learnable prompt tokens before the history."""
     num_response_tokens: int = 1
@@ -190,8 +195,6 @@ class SetRecConfig:
         """
         from recsys.config import config_from_values
 
-        values = dict(values)
-        values.setdefault("history_prior", "none")  # bundles saved before the key ran the backbone alone
         return config_from_values(cls, values, where=where, validate=False)
 
 
@@ -328,7 +331,8 @@ class SetRecModel(nn.Module):
         if config.history_prior == "recency":
             self.history_prior = HistoryPrior(self.tokens_per_item)
             with torch.no_grad():  # a sample of rows is enough for a mean norm, and stays small on big catalogues
-                sample = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(0))[:4096]
+                n = self.num_items
+                sample = torch.arange(n) if n <= 4096 else torch.randint(n, (4096,), generator=torch.Generator().manual_seed(0))
                 self.history_prior.calibrate(self.encode_items(sample.to(self.prompt.device)))
         if config.lora is not None:
             self._add_lora(config.lora)

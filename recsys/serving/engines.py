@@ -230,10 +230,10 @@ class VllmEngine:
         if self.model.history_prior is not None:  # vLLM runs the backbone; the prior is the model's own step
             from recsys.models.setrec import pad_histories
 
-            padded = pad_histories(kept, self.max_len)
-            tokens, valid = self.tokens.history(padded)
+            device = self.model.prompt.device
+            tokens, valid = self.tokens.history(pad_histories(kept, self.max_len).to(device))
             with torch.no_grad():
-                states = self.model.apply_history_prior(states, tokens.float().cpu(), valid.cpu())
+                states = self.model.apply_history_prior(states.to(device), tokens.float(), valid).cpu()
         return (states * self.weights).flatten(1).numpy()
 
     def close(self) -> None:

@@ -196,3 +196,30 @@ def test_schema_version_1_bundles_without_a_manifest_checksum_still_load(tmp_pat
     assert load_bundle(path).bundle.max_len == 5
     edit_manifest(path, lambda m: m.__setitem__("max_len", -5), resign=False)
     refused(path, "field max_len")  # range checks hold for old bundles too
+
+
+def test_bundle_saved_before_the_history_prior_loads_without_it(tmp_path):
+    """Manifests written before ``model.history_prior`` existed lack the key: they ran the backbone alone."""
+    model = make_model("qwen", history_prior="none")
+    path = save(model, tmp_path / "old")
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["model_config"]["history_prior"]
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = load_bundle(path)
+    assert loaded.config.history_prior == "none" and loaded.history_prior is None
+    histories = pad_histories([[1, 2, 3], [4]], max_len=5)
+    torch.testing.assert_close(loaded.score_all(histories, 0.25), model.score_all(histories, 0.25), atol=1e-4, rtol=1e-5)
+
+
+def test_bundle_keeps_the_history_prior(tmp_path):
+    model = make_model("t5")
+    with torch.no_grad():
+        model.history_prior.log_gain.add_(0.3)
+        model.history_prior.raw_rate.fill_(0.2)
+    loaded = load_bundle(save(model, tmp_path / "b"))
+    assert loaded.config.history_prior == "recency"
+    torch.testing.assert_close(loaded.history_prior.log_gain, model.history_prior.log_gain)
+    histories = pad_histories([[1, 2, 3], [4]], max_len=5)
+    torch.testing.assert_close(loaded.score_all(histories, 0.25), model.score_all(histories, 0.25), atol=1e-4, rtol=1e-5)

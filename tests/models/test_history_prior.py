@@ -57,7 +57,7 @@ def make_model(backbone="qwen", items=30, dz=12, **overrides):
 
 
 def test_semantic_prior_scores_are_text_similarity():
-    """With projection tokens, the prior's semantic scores rank as text similarity of the recent history does."""
+    """With projection tokens and equal gains, the prior's semantic scores are the text similarity of the recent history."""
     model, text = make_model()
     with torch.no_grad():
         model.history_prior.log_gain.zero_()  # the calibrated gain is tested below; here: the geometry
@@ -91,19 +91,35 @@ def test_model_scores_with_the_sum_and_trains_each_expert_on_its_own(backbone):
     expected = model._expert_ce(backbone_states, table, targets, None) + model._expert_ce(prior, table, targets, None)
     losses, _ = model.target_losses(histories, targets)
     torch.testing.assert_close(losses, expected)
-    # the prior's loss reaches its own parameters; the backbone's loss does not reach them
+    # the backbone's loss does not reach the prior's parameters; the prior's loss does
     model.train()
     model.zero_grad()
     states, _ = model.expert_states(histories)
     model._expert_ce(states, model.item_table(), targets, None).sum().backward()
     assert model.history_prior.log_gain.grad is None or bool((model.history_prior.log_gain.grad == 0).all())
+    model.zero_grad()
+    _, prior = model.expert_states(histories)
+    model._expert_ce(prior, model.item_table(), targets, None).sum().backward()
+    assert bool((model.history_prior.log_gain.grad != 0).all()) and float(model.history_prior.raw_rate.grad) != 0.0
+
+
+@pytest.mark.parametrize("overrides", [{}, {"token_set": "cf"}, {"token_set": "semantic"}, {"generation": "autoregressive"}])
+@pytest.mark.parametrize("backbone", ["qwen", "t5"])
+def test_every_trainable_parameter_gets_a_gradient(backbone, overrides):
+    """DDP runs with find_unused_parameters=False: the loss must reach every trainable parameter."""
+    model, _ = make_model(backbone, dropout=0.0, **overrides)
+    model.train()
+    histories = pad_histories([[3, 7, 11, 2], [2, 5, 9, 1]], max_len=4)
+    targets = torch.tensor([[7, 11, 2, 4], [5, 9, 1, 8]])
+    model.loss(histories, targets, alpha=0.1)["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
 
 
 def test_config_choices_and_old_bundles():
     with pytest.raises(ConfigError, match="history_prior"):
         SetRecConfig(history_prior="mean").validate()
-    assert SetRecConfig.from_dict({"backbone": "t5", "preset": "tiny"}).history_prior == "none"  # saved before the key
-    assert SetRecConfig().history_prior == "recency"
+    assert SetRecConfig().history_prior == "recency"  # bundles saved before the key: tests/models/test_bundle.py
     model, _ = make_model(history_prior="none")
     assert model.history_prior is None
     histories = pad_histories([[3, 7]], max_len=3)
