@@ -170,6 +170,12 @@ class ConfigCommand:
         aliases: the documented flags for config keys (``{"--epochs": "max_epochs"}``; a target with ``=``
             is a switch, ``{"--no-cache": "use_cache=false"}``); both spellings work.
         extra: adds options that are not config keys (see :func:`config_parser`).
+        options: command options read first, by plain argparse, as ``(flag, add_argument kwargs)``; unlike
+            ``extra`` they may share a name with a key (``benchmark quality``: ``--seeds N`` takes the first N
+            of the key ``seeds``, which is set with ``--set seeds=[0,1]``). With them, :meth:`parse` returns
+            their namespace (not jsonargparse's), and ``extra`` must be None.
+        config_example: when given, ``--config`` is required (the config has keys without defaults);
+            the error shows this example, e.g. ``"configs/bench-ml100k.yaml"``.
 
     Example:
         >>> TABLE = ConfigCommand("recsys tokenize table", "recsys.tokenizers.commands:TableCommandConfig",
@@ -182,6 +188,12 @@ class ConfigCommand:
     summary: str
     aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
     extra: Callable[[Any], None] | None = None
+    options: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    config_example: str = ""
+
+    def __post_init__(self) -> None:
+        if self.options and self.extra is not None:
+            raise ValueError(f"{self.prog}: give options or extra, not both")
 
     def config_class(self) -> type:
         """The config dataclass (imported now when given as ``"module:Class"``)."""
@@ -197,12 +209,36 @@ class ConfigCommand:
         """The command's ``--help`` text: the summary, then how its settings are given."""
         name = self.config.split(":")[1] if isinstance(self.config, str) else self.config.__name__
         flags = f"the flags {describe_flags(self.aliases)}, " if self.aliases else ""
-        return (f"{self.summary} The settings are {name} keys: {flags}any key as a dotted flag (--key=value) or "
-                "--set KEY=VALUE, --config FILE (YAML, repeatable; later files win); --print_config prints them.")
+        config = "--config FILE (YAML, required, repeatable" if self.config_example else "--config FILE (YAML, repeatable"
+        options = "".join(f" {flag}: {kwargs['help']}." for flag, kwargs in self.options)
+        return (f"{self.summary}{' Command options (not config keys):' if options else ''}{options} The settings are "
+                f"{name} keys: {flags}any key as a dotted flag (--key=value) or --set KEY=VALUE, {config}; later files "
+                "win); --print_config prints them.")
 
     def parse(self, argv: Sequence[str]) -> tuple[Any, Any]:
-        """(the validated config, the parsed namespace: ``extra`` options are read from it); see :func:`parse_command`."""
-        return parse_command(self.config_class(), argv, self.prog, self.description, self.extra, self.aliases)
+        """(the validated config, the parsed namespace: ``extra`` options are read from it, or the namespace of
+        ``options`` when the command has them); see :func:`parse_command`."""
+        options = None
+        if self.options:
+            options, argv = self._parse_options(argv)
+        if self.config_example and not {"-h", "--help"} & set(argv) and not any(
+                arg == "--config" or arg.startswith("--config=") for arg in argv):
+            raise ConfigError(f"{self.prog}: give --config, e.g. --config {self.config_example}")
+        config, namespace = parse_command(self.config_class(), argv, self.prog, self.description, self.extra, self.aliases)
+        return config, namespace if options is None else options
+
+    def _parse_options(self, argv: Sequence[str]) -> tuple[Any, list[str]]:
+        """(the namespace of ``options``, the rest of ``argv``); a bad value is a ConfigError naming the flag."""
+        import argparse
+
+        parser = argparse.ArgumentParser(prog=self.prog, add_help=False, allow_abbrev=False, exit_on_error=False)
+        for flag, kwargs in self.options:
+            parser.add_argument(flag, **kwargs)
+        try:
+            options, rest = parser.parse_known_args(list(argv))
+        except argparse.ArgumentError as error:
+            raise ConfigError(f"{COMMAND_LINE} ({error.argument_name}): {error.message}") from None
+        return options, rest
 
     def add_to(self, subparsers: Any, name: str, help: str, handler: Callable[[Any], int],
                parse: Callable[[Sequence[str]], Any]) -> Any:

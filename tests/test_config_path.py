@@ -104,9 +104,19 @@ def test_benchmark_method_overrides_are_typed_by_their_kind(tmp_path):
 
 # --------------------------------------------------------------------------- the other commands and loaders
 
-#: Commands parsed through recsys.config besides train and benchmark quality:
-#: (argv before the config keys, its documented short flag for an int key, that key, a sample of valid flags).
+TRAIN_YAML = str(CONFIGS / "setrec-t5-demo.yaml")
+BENCH_YAML = str(CONFIGS / "bench-ml100k.yaml")
+
+#: Every command parsed through recsys.config (a ConfigCommand): (argv before the config keys, its documented
+#: flag for an int key (the dotted key where it has none), that key, a sample of valid flags and command options).
 OTHER_COMMANDS = {
+    "train": (["train", "--config", TRAIN_YAML], "--trainer.max_epochs", "trainer.max_epochs",
+              ["--resume", "--set", "seed=3", "--model.attention=full"]),
+    "benchmark quality": (["benchmark", "quality", "--config", BENCH_YAML], "--evaluation.batch_size",
+                          "evaluation.batch_size", ["--seeds", "1", "--methods", "popularity", "--out", "o", "--work-dir", "w",
+                                                    "--no-mlflow", "--set", "seeds=[4]"]),
+    "benchmark merge": (["benchmark", "merge", "--config", BENCH_YAML, "--run", "a.json:w"], "--evaluation.batch_size",
+                        "evaluation.batch_size", ["--run", "b.json:x", "--out", "o", "--set", "evaluation.ks=[5]"]),
     "tokenize cf": (["tokenize", "cf", "--data", "d", "--out", "o"], "--epochs", "max_epochs", ["--dim", "8", "--set", "lr=0.01"]),
     "data prepare": (["data", "prepare", "--source", "s", "--out", "o"], "--max-text-chars", "max_text_chars",
                      ["--kcore", "0", "--min-rating", "4", "--set", "split=temporal"]),
@@ -298,5 +308,67 @@ def test_switch_flags_are_aliases_of_bool_keys():
     assert parse_evaluate_args([*base, "--set", "exclude_history=false"]).exclude_history is False
     with pytest.raises(ConfigError, match=r"command line \(--no-exclude-history\): exclude_history: .* takes no value"):
         parse_evaluate_args([*base, "--no-exclude-history=1"])
-    with pytest.raises(ConfigError, match=r"command line: --batch-size must be positive, got 0"):
+    with pytest.raises(ConfigError, match=r"command line \(--batch-size\): batch_size: must be >= 1, got 0"):
         parse_evaluate_args([*base, "--batch-size", "0"])
+
+
+def test_every_config_command_is_declared_once_as_a_config_command():
+    """Each subcommand that parses its own arguments does it through a ConfigCommand (its --help text says so)."""
+    import argparse
+
+    from recsys.cli import build_parser
+
+    def walk(parser, words):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*words, name])
+        if parser._defaults.get("config_args"):
+            yield " ".join(words), parser
+
+    found = dict(walk(build_parser(), []))
+    assert set(found) == set(OTHER_COMMANDS) | {"tokenize add-items"}
+    for name, parser in found.items():
+        assert "--print_config prints them." in parser.description, name
+
+
+def test_recsys_help_imports_no_config_library_and_no_heavy_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from recsys.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('jsonargparse', 'numpy', 'torch', 'polars', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_benchmark_quality_command_options_are_read_before_the_config(capsys):
+    from recsys.evaluation.commands import parse_quality_args
+
+    config, options = parse_quality_args(["--config", BENCH_YAML, "--seeds", "2", "--methods", "a,b", "--out", "o",
+                                          "--work-dir", "w", "--no-mlflow", "--set", "seeds=[4,5,6]"])
+    assert (options.seeds, options.methods, options.out, options.work_dir, options.no_mlflow) == (2, "a,b", "o", "w", True)
+    assert config.seeds == [4, 5, 6]  # the key seeds (a list) is apart from --seeds N (take the first N)
+    config, options = parse_quality_args(["--config", BENCH_YAML])
+    assert (options.seeds, options.out, options.no_mlflow) == (None, "benchmarks/results", False)
+    assert main(["benchmark", "quality", "--config", BENCH_YAML, "--seeds", "three"]) == 2
+    assert "command line (--seeds): invalid int value: 'three'" in capsys.readouterr().err
+    assert main(["benchmark", "quality", "--seeds", "1"]) == 2
+    assert "recsys benchmark quality: give --config, e.g. --config configs/bench-ml100k.yaml" in capsys.readouterr().err
+    assert main(["benchmark", "quality", "--config", BENCH_YAML, "--seeds", "9", "--set", "seeds=[0]",
+                 "--no-mlflow"]) == 2  # checked by the handler before anything runs
+    assert "--seeds must lie in 1..1" in capsys.readouterr().err
+
+
+def test_benchmark_merge_options_and_errors(tmp_path, capsys):
+    from recsys.evaluation.commands import parse_merge_args
+
+    config, options = parse_merge_args(["--config", BENCH_YAML, "--run", "a.json:w", "--run=b.json:x", "--out", "o"])
+    assert (config.dataset, options.run, options.out) == ("ml-100k", ["a.json:w", "b.json:x"], "o")
+    assert parse_merge_args(["--config", BENCH_YAML, "--run", "a.json:w"])[1].out == "benchmarks/results"
+    assert main(["benchmark", "merge", "--run", "a.json:w"]) == 2
+    assert "recsys benchmark merge: give --config, e.g. --config configs/bench-ml100k.yaml" in capsys.readouterr().err
+    assert main(["benchmark", "merge", "--config", BENCH_YAML]) == 2
+    assert "run: the following arguments are required" in capsys.readouterr().err
+    assert main(["benchmark", "merge", "--config", BENCH_YAML, "--run", f"{tmp_path}/none.json:{tmp_path}"]) == 2
+    assert "give REPORT.json:WORK_DIR of a finished run" in capsys.readouterr().err

@@ -4,6 +4,11 @@ Commands:
     recsys evaluate --bundle bundles/setrec-ml100k --data data/ml-100k [--split test] [--no-exclude-history] [--out DIR]
     recsys benchmark quality --config configs/bench-ml100k.yaml [--seeds 3] [--out benchmarks/results]
     recsys benchmark quality --config configs/bench-ml100k.yaml --evaluation.batch_size=128 --print_config
+    recsys benchmark merge --config configs/bench-ml100k.yaml --run out-a/quality-ml-100k.json:runs/a --run ... --out DIR
+
+Each command is a :class:`recsys.config.ConfigCommand`: its settings go through the one config path
+(``--config`` files, dotted keys, ``--set KEY=VALUE``, ``--print_config``; errors name the file or flag
+and the key).
 
 ``recsys evaluate`` also accepts a saved SASRec (``save_sasrec``) or TIGER (``save_tiger``)
 folder as ``--bundle``; the kind is read from the folder's files. History items are excluded
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from recsys.config import ConfigCommand
 from recsys.errors import ArtifactError, ConfigError
 
 
@@ -49,7 +55,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
 #: The documented flags of ``recsys evaluate`` -> EvaluateConfig keys (a target with "=" is a switch).
@@ -59,11 +65,11 @@ EVALUATE_FLAGS = {
     "--allow-other-data": "allow_other_data=true",
     "--batch-size": "batch_size",
 }
-EVALUATE_DESCRIPTION = (
+EVALUATE = ConfigCommand(
+    "recsys evaluate", EvaluateConfig,
     "Full-ranking Recall/NDCG/HR/MRR@5/10/20 of one model, overall and per group (warm/cold gold items, popularity "
-    "terciles, history-length buckets). Options are EvaluateConfig keys: --bundle, --data, --split, --out, "
-    "--batch-size N, --no-exclude-history, --allow-other-data (or --batch_size=N, --set exclude_history=false, "
-    "--config FILE); --print_config prints them."
+    "terciles, history-length buckets): --bundle, --data, --split, --out.",
+    EVALUATE_FLAGS,
 )
 
 
@@ -74,10 +80,40 @@ def parse_evaluate_args(argv: list[str]) -> EvaluateConfig:
         >>> parse_evaluate_args(["--bundle", "b", "--data", "d", "--no-exclude-history"]).exclude_history
         False
     """
-    from recsys.config import parse_command
+    return EVALUATE.parse(argv)[0]
 
-    config, _ = parse_command(EvaluateConfig, argv, "recsys evaluate", EVALUATE_DESCRIPTION, aliases=EVALUATE_FLAGS)
-    return config
+
+#: ``recsys benchmark quality``: its command options are read first (``--seeds N`` takes the first N seeds of
+#: the config; the config key ``seeds`` is set with ``--set seeds=[0,1]``; ``--methods`` picks methods by name).
+QUALITY = ConfigCommand(
+    "recsys benchmark quality", "recsys.evaluation.benchmark_config:BenchmarkConfig",
+    "Train every method of a benchmark config with several seeds and compare them in one harness.",
+    options=(
+        ("--seeds", {"type": int, "default": None, "help": "use the first N seeds of the config (default: all)"}),
+        ("--out", {"default": "benchmarks/results", "help": "folder of quality-<dataset>.json/.md/.png"}),
+        ("--methods", {"default": None, "help": "comma-separated subset of the config's method names"}),
+        ("--work-dir", {"default": None, "help": "override the config's work_dir"}),
+        ("--no-mlflow", {"action": "store_true", "help": "do not log to MLflow"}),
+    ),
+    config_example="configs/bench-ml100k.yaml",
+)
+
+
+def merge_options(parser) -> None:
+    """The options of ``recsys benchmark merge`` that are not config keys."""
+    parser.add_argument("--run", action="append", required=True, metavar="REPORT.json:WORK_DIR",
+                        help="a finished run: its quality-<dataset>.json and its work_dir (repeat)")
+    parser.add_argument("--out", default="benchmarks/results", help="folder of the merged quality-<dataset>.json/.md/.png")
+
+
+#: ``recsys benchmark merge``: the config is the benchmark YAML the runs came from.
+MERGE = ConfigCommand(
+    "recsys benchmark merge", "recsys.evaluation.benchmark_config:BenchmarkConfig",
+    "Combine finished quality runs of one dataset (methods run as separate processes) into one report: "
+    "--run REPORT.json:WORK_DIR (repeat), --out DIR.",
+    extra=merge_options,
+    config_example="configs/bench-ml100k.yaml",
+)
 
 
 def _subcommands(subparsers, name: str, help_text: str):
@@ -93,28 +129,14 @@ def _subcommands(subparsers, name: str, help_text: str):
 
 def register(subparsers) -> None:
     """Add ``evaluate`` and ``benchmark quality``."""
-    ev = subparsers.add_parser(
-        "evaluate",
-        help="evaluate one trained model on a prepared dataset (full ranking, groups, per-user Parquet)",
-        description=EVALUATE_DESCRIPTION,
-        add_help=False,
-    )
-    ev.set_defaults(func=run_evaluate, config_args=parse_evaluate_args)  # parsed through recsys.config (EvaluateConfig)
-
+    EVALUATE.add_to(subparsers, "evaluate",
+                    "evaluate one trained model on a prepared dataset (full ranking, groups, per-user Parquet)",
+                    run_evaluate, parse_evaluate_args)
     bench = _subcommands(subparsers, "benchmark", "run benchmarks (quality: every method in one harness, several seeds)")
-    quality = bench.add_parser(
-        "quality",
-        help="train every method of a config with several seeds and compare them in one harness",
-        add_help=False,
-    )
-    quality.set_defaults(func=run_quality, config_args=parse_quality_args)
-
-    merge = bench.add_parser("merge", help="combine finished quality runs of one dataset (methods run as separate processes)")
-    merge.add_argument("--config", required=True, help="the benchmark YAML the runs came from")
-    merge.add_argument("--run", action="append", required=True, metavar="REPORT.json:WORK_DIR",
-                       help="a finished run: its quality-<dataset>.json and its work_dir (repeat)")
-    merge.add_argument("--out", default="benchmarks/results", help="folder of the merged quality-<dataset>.json/.md/.png")
-    merge.set_defaults(func=run_merge)
+    QUALITY.add_to(bench, "quality", "train every method of a config with several seeds and compare them in one harness",
+                   run_quality, parse_quality_args)
+    MERGE.add_to(bench, "merge", "combine finished quality runs of one dataset (methods run as separate processes)",
+                 run_merge, parse_merge_args)
 
 
 def load_recommender(path: str | Path):
@@ -200,44 +222,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-QUALITY_DESCRIPTION = (
-    "Train every method of a benchmark config with several seeds and compare them in one harness. Config keys come "
-    "from --config files (repeatable, later files win) and dotted flags (--evaluation.batch_size=128, or --set "
-    "evaluation.batch_size=128); --print_config prints the result."
-)
-#: Options of ``recsys benchmark quality`` that are not config keys (``--seeds N`` takes the first N seeds;
-#: the config key ``seeds`` is set with ``--set seeds=[0,1]``).
-QUALITY_OPTIONS = (
-    ("--seeds", {"type": int, "default": None, "help": "use the first N seeds of the config (default: all)"}),
-    ("--out", {"default": "benchmarks/results", "help": "folder of quality-<dataset>.json/.md/.png"}),
-    ("--methods", {"default": None, "help": "comma-separated subset of the config's method names"}),
-    ("--work-dir", {"default": None, "help": "override the config's work_dir"}),
-    ("--no-mlflow", {"action": "store_true", "help": "do not log to MLflow"}),
-)
-
-
 def parse_quality_args(argv: list[str]):
     """``recsys benchmark quality`` arguments -> (validated BenchmarkConfig, command options).
-
-    The config goes through the one config path (:func:`recsys.config.parse_command`); the command
-    options of :data:`QUALITY_OPTIONS` are read first.
 
     Example:
         >>> config, options = parse_quality_args(["--config", "configs/bench-ml100k.yaml", "--seeds", "1"])
     """
-    from recsys.config import parse_command
-    from recsys.evaluation.benchmark_config import BenchmarkConfig
+    return QUALITY.parse(argv)
 
-    options_parser = argparse.ArgumentParser(prog="recsys benchmark quality", add_help=False, allow_abbrev=False)
-    for flag, kwargs in QUALITY_OPTIONS:
-        options_parser.add_argument(flag, **kwargs)
-    options, rest = options_parser.parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        print("command options (not config keys):\n" + "\n".join(f"  {flag}: {kwargs['help']}" for flag, kwargs in QUALITY_OPTIONS) + "\n")
-    if "--config" not in rest and not any(arg.startswith("--config=") for arg in rest) and not {"-h", "--help"} & set(rest):
-        raise ConfigError("recsys benchmark quality: give --config, e.g. --config configs/bench-ml100k.yaml")
-    config, _ = parse_command(BenchmarkConfig, rest, "recsys benchmark quality", QUALITY_DESCRIPTION)
-    return config, options
+
+def parse_merge_args(argv: list[str]):
+    """``recsys benchmark merge`` arguments -> (validated BenchmarkConfig, namespace with ``run`` and ``out``).
+
+    Example:
+        >>> config, options = parse_merge_args(["--config", "configs/bench-ml100k.yaml", "--run", "a.json:runs/a"])
+    """
+    return MERGE.parse(argv)
 
 
 def run_quality(args: argparse.Namespace) -> int:
@@ -268,9 +268,9 @@ def run_quality(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     """Handler of ``recsys benchmark merge``."""
-    from recsys.evaluation.benchmark import load_benchmark_config, merge_reports
+    from recsys.evaluation.benchmark import merge_reports
 
-    config = load_benchmark_config(args.config)
+    config, args = parse_merge_args(args.argv)
     sources = []
     for item in args.run:
         report, sep, work = item.rpartition(":")

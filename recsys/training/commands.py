@@ -11,27 +11,30 @@ from __future__ import annotations
 
 import argparse
 
+from recsys.config import ConfigCommand
 
-TRAIN_DESCRIPTION = (
+
+def train_options(parser) -> None:
+    """The options of ``recsys train`` that are not config keys."""
+    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
+
+
+#: ``recsys train``: every TrainJobConfig key as a dotted flag; ``--resume`` is a command option.
+TRAIN = ConfigCommand(
+    "recsys train", "recsys.training.setrec_config:TrainJobConfig",
     "Train SetRec from a config: checkpoints, early stopping on valid NDCG@10, beta chosen on valid, a bundle in "
-    "<out_dir>/bundle, everything logged to MLflow. Keys come from --config files (repeatable, later files win) and "
-    "dotted flags (--trainer.max_epochs=3, or --set trainer.max_epochs=3); --print_config prints the result."
+    "<out_dir>/bundle, everything logged to MLflow (--resume continues from <out_dir>/checkpoints/last.ckpt).",
+    extra=train_options,
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``register`` to the ``recsys`` parser.
 
-    ``train`` parses its own arguments through :mod:`recsys.config` (jsonargparse), so
-    ``set_defaults(config_args=parse_train_args)`` hands it everything after ``recsys train``.
+    ``train`` parses its own arguments through :mod:`recsys.config` (``TRAIN``, ``config_args=parse_train_args``).
     """
-    train = subparsers.add_parser(
-        "train",
-        help="train the set-identifier recommender from a YAML config (tracked in MLflow)",
-        description=TRAIN_DESCRIPTION,
-        add_help=False,
-    )
-    train.set_defaults(func=run_train, config_args=parse_train_args)
+    TRAIN.add_to(subparsers, "train", "train the set-identifier recommender from a YAML config (tracked in MLflow)",
+                 run_train, parse_train_args)
 
     reg = subparsers.add_parser("register", help="register a training run's bundle in the MLflow model registry")
     reg.add_argument("--run", required=True, help="MLflow run id printed by `recsys train`")
@@ -40,21 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.set_defaults(func=run_register)
 
 
-def train_options(parser) -> None:
-    """The options of ``recsys train`` that are not config keys."""
-    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
-
-
 def parse_train_args(argv: list[str]):
     """``recsys train`` arguments -> (validated TrainJobConfig, resume flag).
 
     Example:
         >>> cfg, resume = parse_train_args(["--config", "configs/setrec-t5-demo.yaml", "--trainer.max_epochs=1"])
     """
-    from recsys.config import parse_command
-    from recsys.training.setrec_config import TrainJobConfig
-
-    cfg, namespace = parse_command(TrainJobConfig, argv, "recsys train", TRAIN_DESCRIPTION, extra=train_options)
+    cfg, namespace = TRAIN.parse(argv)
     return cfg, bool(namespace.resume)
 
 
