@@ -52,13 +52,6 @@ def setrec_token_set(config: BenchmarkConfig, method) -> str:
                               where=f"{method.name}.overrides").model.token_set
 
 
-def items_without_text(data) -> int:
-    """How many items of a prepared dataset have an empty or missing ``text``."""
-    if "text" not in data.items.columns:
-        return data.num_items
-    return int((data.items["text"].fill_null("").str.strip_chars() == "").sum())
-
-
 def refuse_text_methods(config: BenchmarkConfig, data, log=print) -> dict[str, str]:
     """Remove the methods that need item text from ``config`` when some item has none; return them with the reason.
 
@@ -67,7 +60,9 @@ def refuse_text_methods(config: BenchmarkConfig, data, log=print) -> dict[str, s
     ``model.token_set: cf``); the others are refused by name here, before any training starts.
     Raises ConfigError when no method is left.
     """
-    without_text = items_without_text(data)
+    from recsys.pipelines.prepared import items_without_text
+
+    without_text = items_without_text(data.items)
     if not without_text:
         return {}
     cf_align = (config.sasrec if config.cf is None else config.cf).get("align", "none")
@@ -98,7 +93,7 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
 
     from recsys.config import config_from_values
     from recsys.pipelines.prepare import PrepareConfig, prepare
-    from recsys.pipelines.prepared import PreparedDataset
+    from recsys.pipelines.prepared import PreparedDataset, items_without_text
 
     work = Path(config.work_dir)
     data_dir = work / "data"
@@ -121,7 +116,7 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
                             setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides),
                             exclude_history=config.evaluation.exclude_history, refused=refused)
     # RLMRec SASRec methods read the text embeddings too; without text only CF-only setrec methods are left here
-    if (kinds & {"tiger", "setrec", "text"} or aligned) and not items_without_text(data):
+    if (kinds & {"tiger", "setrec", "text"} or aligned) and not items_without_text(data.items):
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings
         from recsys.tokenizers.text_encoder import TextEncoderConfig
 

@@ -24,6 +24,22 @@ SPLITS = ("train", "valid", "test")
 REQUIRED_FILES = ("interactions.parquet", "items.parquet", "users.parquet", "manifest.json")
 
 
+def items_without_text(items: pl.DataFrame | pl.LazyFrame) -> int:
+    """How many rows of an items table have an empty, blank or missing ``text`` (all of them without the column).
+
+    Takes the loaded table (``PreparedDataset.items``) or a lazy scan of ``items.parquet``, so a caller
+    that needs only this count reads one column.
+
+    Example:
+        >>> items_without_text(pl.scan_parquet("runs/data/ml-100k/items.parquet"))   # 0
+    """
+    if "text" in items.collect_schema().names():
+        counted = items.select((pl.col("text").fill_null("").str.strip_chars() == "").sum())
+    else:
+        counted = items.select(pl.len())
+    return int((counted.collect() if isinstance(counted, pl.LazyFrame) else counted).item())
+
+
 @dataclass(frozen=True)
 class EvalExamples:
     """Evaluation examples of one split, one per user that has gold items in it.

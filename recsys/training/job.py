@@ -152,11 +152,12 @@ def text_embeddings_dir(cfg: TrainJobConfig) -> Path | None:
     """
     import polars as pl
 
+    from recsys.pipelines.prepared import items_without_text
+
     items_file = Path(cfg.data) / "items.parquet"
     if not items_file.is_file():
         raise ArtifactError(f"data: {items_file} does not exist; prepare the dataset with `recsys data prepare`")
-    text = pl.col("text") if "text" in pl.read_parquet_schema(items_file) else pl.lit(None, pl.String)
-    without = pl.scan_parquet(items_file).select((text.fill_null("").str.strip_chars() == "").sum()).collect().item()
+    without = items_without_text(pl.scan_parquet(items_file))
     if cfg.model.token_set == "cf" and (without or not Path(cfg.semantic).is_dir()):
         return None
     if without:
