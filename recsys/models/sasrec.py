@@ -19,11 +19,28 @@ implementations people compare against: ``x = LN(x + Drop(Attn(x)))``,
 both residual branches. The output layer is tied to the item embedding table, and the
 score of item ``i`` is the inner product of the last hidden state with its embedding.
 
+Decoupled embeddings (``embeddings="decoupled"``; DARE, Feng et al., "Long-Sequence Recommendation
+Models Need Decoupled Embeddings", ICLR 2025, arXiv 2410.02604): one item table cannot serve both
+attention (which history items matter) and representation (what is aggregated and scored) without
+the two gradients interfering, and a linear projection of a shared table does not fix it; DARE
+learns two tables. Here the model gets an attention table (num_items + 1, ``attention_size``) with
+its own position embeddings; their normalised sum is the attention stream, and every block projects
+its queries and keys from that stream alone, while values, the residual stream, the feed-forward
+networks and the tied output layer read the item (representation) table as before. So attention
+logits depend on the attention table only and scores are tied to the representation table. The
+attention stream is the same input for every block (each block has its own query/key projection of
+it): queries and keys of deeper blocks computed from the hidden state would read the representation
+table again and bring the interference back. The attention table can be smaller than the hidden
+size (default half, the paper's cheaper-search setting). ``embeddings="shared"`` (the default) is
+the original SASRec, with the same weights and state-dict keys as before the option existed.
+
 Example:
     >>> model = SASRec(num_items=1682, config=SASRecConfig())
     >>> histories = SASRec.pad_histories([[3, 7, 9], [12]], max_len=50)   # (2, 3)
     >>> model.eval(); model.score(histories).shape                         # (2, 1682)
     >>> model.item_embeddings().shape                                      # (1682, 64)
+    >>> dare = SASRec(1682, SASRecConfig(embeddings="decoupled"))           # attention table (1683, 32)
+    >>> dare.attention_embeddings().shape                                   # (1682, 32)
 """
 
 from __future__ import annotations
@@ -106,6 +123,15 @@ class SASRecConfig:
     """InfoNCE temperature of the alignment (RLMRec's kd_temperature / re_temperature, 0.2 in its configs)."""
     align_mask_ratio: float = 0.1
     """"gen" only: share of history positions whose input embedding is replaced by a learnt mask vector."""
+    embeddings: Literal["shared", "decoupled"] = "shared"
+    """Item tables of self-attention. "shared": one table feeds queries, keys, values and the tied output
+    layer (original SASRec). "decoupled": DARE (Feng et al., ICLR 2025, arXiv 2410.02604, the DARE model
+    section): a separate attention table (with its own position embeddings) feeds only the queries and
+    keys of every block; values, the residual stream and the output layer use the representation
+    table, which stays the CF embedding."""
+    attention_size: int = 0
+    """"decoupled" only: dimension of the attention table; 0 = ``hidden_size // 2`` (DARE's efficiency
+    study, Feng et al., ICLR 2025: a smaller attention dimension costs little and makes the search cheaper)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -138,6 +164,26 @@ class SASRecConfig:
                 "train_samples is 'prefixes' or 'windows', window_stride > 0, align is 'none', 'con' or 'gen', "
                 "align_weight >= 0, align_temperature > 0, align_mask_ratio in [0, 1)"
             )
+        if self.embeddings not in ("shared", "decoupled"):
+            raise ConfigError(f"embeddings: must be 'shared' or 'decoupled', got {self.embeddings!r}")
+        if self.attention_size < 0:
+            raise ConfigError(f"attention_size: must be >= 0 (0 = hidden_size // 2), got {self.attention_size}")
+        if self.embeddings == "shared" and self.attention_size != 0:
+            raise ConfigError(
+                f"attention_size: only used with embeddings='decoupled' (got attention_size={self.attention_size} with "
+                "embeddings='shared'); set embeddings: decoupled, or leave attention_size at 0"
+            )
+        if self.embeddings == "decoupled" and self.attention_dim < 1:
+            raise ConfigError(
+                f"attention_size: 0 means hidden_size // 2, which is 0 for hidden_size={self.hidden_size}; give attention_size >= 1"
+            )
+
+    @property
+    def attention_dim(self) -> int:
+        """Dimension of the attention table of "decoupled" embeddings (``attention_size``, 0 resolved); 0 for "shared"."""
+        if self.embeddings != "decoupled":
+            return 0
+        return self.attention_size or self.hidden_size // 2
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -160,20 +206,49 @@ def attention(
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a given boolean mask."""
+    """Multi-head self-attention with a given boolean mask.
+
+    Shared embeddings: queries, keys and values are projections of the hidden state ``x``.
+    Decoupled embeddings: queries and keys are projections of the attention stream ``a``
+    (``attention_dim`` wide) and only values read ``x``, so the attention weights do not depend on
+    the representation table.
+    """
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
         self.num_heads = config.num_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.decoupled = config.embeddings == "decoupled"
+        if self.decoupled:
+            self.qk = nn.Linear(config.attention_dim, 2 * config.hidden_size)
+            self.v = nn.Linear(config.hidden_size, config.hidden_size)
+        else:
+            self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.attn_dropout = config.attn_dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, each (B, H, L, D), of hidden states ``x`` (and the attention stream ``a``)."""
         batch, length, size = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, size // self.num_heads).permute(2, 0, 3, 1, 4)
+        split = (batch, length, self.num_heads, size // self.num_heads)
+        if not self.decoupled:
+            q, k, v = self.qkv(x).view(*split[:2], 3, *split[2:]).permute(2, 0, 3, 1, 4)
+            return q, k, v
+        if a is None:
+            raise ValueError("decoupled embeddings: the attention stream `a` is required")
+        q, k = self.qk(a).view(*split[:2], 2, *split[2:]).permute(2, 0, 3, 1, 4)
+        return q, k, self.v(x).view(split).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+        batch, length, size = x.shape
+        q, k, v = self.heads(x, a)
         y = attention(q, k, v, allowed, self.attn_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, length, size))
+
+    def probabilities(self, x: torch.Tensor, allowed: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention weights (B, H, L, L) without dropout, written out as in :func:`attention_reference`."""
+        q, k, _ = self.heads(x, a)
+        logits = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~allowed, float("-inf"))
+        return torch.softmax(logits, dim=-1)
 
 
 class Block(nn.Module):
@@ -191,8 +266,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.dropout(self.attention(x, allowed)))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, allowed, a)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
@@ -215,6 +290,10 @@ class SASRec(nn.Module):
         self.embed_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        if config.embeddings == "decoupled":  # DARE: the attention table and its own positions (queries and keys only)
+            self.attention_embedding = nn.Embedding(num_items + 1, config.attention_dim, padding_idx=0)
+            self.attention_position_embedding = nn.Embedding(config.max_len, config.attention_dim)
+            self.attention_norm = nn.LayerNorm(config.attention_dim, eps=config.layer_norm_eps)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -253,9 +332,19 @@ class SASRec(nn.Module):
         Args:
             histories: (B, L) item indices, -1 padding.
             masked: optional (B, L) bool: inputs replaced by ``mask_embedding`` (RLMRec-Gen's
-                masking, ``recsys.models.rlmrec``); None in plain training and inference.
+                masking, ``recsys.models.rlmrec``); None in plain training and inference. With
+                decoupled embeddings a masked input's attention-table row is dropped too (the
+                attention stream keeps only its position), so the masked item is hidden from both.
             mask_embedding: (hidden,) the vector masked inputs get.
         """
+        x, a, allowed = self._inputs(histories, masked, mask_embedding)
+        for block in self.blocks:
+            x = block(x, allowed, a)
+        return x
+
+    def _inputs(self, histories: torch.Tensor, masked: torch.Tensor | None = None,
+                mask_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Input states (B, L, hidden), the attention stream (B, L, attention_dim) or None, the mask (B, 1, L, L)."""
         if histories.shape[1] > self.config.max_len:
             if masked is not None:
                 masked = masked[:, -self.config.max_len :]
@@ -268,17 +357,42 @@ class SASRec(nn.Module):
             items = torch.where(masked.unsqueeze(-1), mask_embedding.to(items), items)
         x = items + self.position_embedding(positions)
         x = self.embed_dropout(self.embed_norm(x))
+        a = None
+        if self.config.embeddings == "decoupled":
+            keys = self.attention_embedding(tokens)
+            if masked is not None:
+                keys = keys.masked_fill(masked.unsqueeze(-1), 0.0)
+            a = self.embed_dropout(self.attention_norm(keys + self.attention_position_embedding(positions)))
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
         # Every query sees itself so that all-padding rows stay finite; padding keys are hidden otherwise.
         allowed = (causal & (tokens != 0)[:, None, :]) | torch.eye(length, dtype=torch.bool, device=tokens.device)
-        allowed = allowed[:, None]
+        return x, a, allowed[:, None]
+
+    def attention_probabilities(self, histories: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every block, each (B, heads, L, L) (no attention dropout), for inspection and tests.
+
+        Example:
+            >>> [p.shape for p in model.eval().attention_probabilities(SASRec.pad_histories([[3, 7]], 50))]
+        """
+        x, a, allowed = self._inputs(histories)
+        weights = []
         for block in self.blocks:
-            x = block(x, allowed)
-        return x
+            weights.append(block.attention.probabilities(x, allowed, a))
+            x = block(x, allowed, a)
+        return weights
 
     def item_embeddings(self) -> torch.Tensor:
         """The (num_items, hidden) item embedding table (padding row dropped): the CF embeddings."""
         return self.item_embedding.weight[1:]
+
+    def attention_embeddings(self) -> torch.Tensor:
+        """The (num_items, d_a) table queries and keys are read from (padding row dropped).
+
+        Decoupled embeddings: the attention table (d_a = ``config.attention_dim``); shared: :meth:`item_embeddings`.
+        """
+        if self.config.embeddings == "decoupled":
+            return self.attention_embedding.weight[1:]
+        return self.item_embeddings()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every item for hidden states of shape (..., hidden) -> (..., num_items)."""

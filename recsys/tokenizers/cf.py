@@ -7,6 +7,7 @@ embedding ``e_i``. This module makes those embeddings and stores them as an arti
     recsys tokenize cf --data data/ml-100k --out artifacts/ml-100k/cf --import emb.parquet
 
     recsys tokenize cf --data D --out O --semantic S [--align con|gen|none]   # RLMRec, predicted cold rows
+    recsys tokenize cf --data D --out O --embeddings decoupled [--attention-size 32]   # DARE attention table too
 
 The folder holds ``cf_embeddings.safetensors`` with tensors ``embeddings`` float32
 (num_items, cf_dim) (row = item_idx), ``has_cf`` uint8 (num_items,) (1 = the item has a train
@@ -21,7 +22,11 @@ predicted from its text by a map fitted on warm items only (:mod:`recsys.tokeniz
 ARCHITECTURE.md 3.1), flagged ``predicted = 1``, and the map is stored too
 (``text_to_cf_weight`` (dz, cf_dim), ``text_to_cf_bias`` (cf_dim,)); without them the row is
 the zero vector (``predicted = 0``). Folders written before ``predicted`` existed load as all
-zero. :func:`load_cf_artifact` returns everything; :func:`load_cf_embeddings` (the older
+zero. A SASRec trained with decoupled embeddings (``--embeddings decoupled``, DARE: Feng et al., ICLR
+2025) keeps its representation table as ``embeddings`` and adds its attention table as
+``attention_embeddings`` float32 (num_items, d_a) (row = item_idx; items without a train
+interaction: the zero vector, never predicted); the manifest records ``attention_shape``.
+:func:`load_cf_artifact` returns everything; :func:`load_cf_embeddings` (the older
 interface) returns the embeddings with only the rows of items with a train interaction.
 Both verify the checksum and the rule before returning anything.
 
@@ -95,6 +100,7 @@ def write_cf_embeddings(
     sasrec=None,
     text_to_cf=None,
     text: torch.Tensor | None = None,
+    attention: torch.Tensor | None = None,
 ) -> Path:
     """Write the artifact atomically (the whole folder is swapped in at the end).
 
@@ -109,6 +115,8 @@ def write_cf_embeddings(
         text_to_cf: optional :class:`~recsys.tokenizers.text_to_cf.TextToCF` fitted on warm items;
             with ``text`` it fills every row with ``has_cf`` False (``predicted = 1``) and is stored.
         text: (num_items, dz) text embeddings, required with ``text_to_cf``.
+        attention: optional (num_items, d_a) attention table of a decoupled SASRec (DARE), stored as
+            ``attention_embeddings``; rows with ``has_cf`` False are written as zeros.
 
     Example:
         >>> write_cf_embeddings("out/cf", torch.zeros(4, 8), torch.zeros(4, dtype=torch.bool), data, {"source": "test"})
@@ -131,13 +139,19 @@ def write_cf_embeddings(
         predicted = ~has_cf.bool().cpu()
         vectors[predicted] = text_to_cf.predict(text[predicted].float().cpu()).float()
         extra_tensors = text_to_cf.tensors()
-    if not torch.isfinite(vectors).all():
-        bad = torch.nonzero(~torch.isfinite(vectors).all(dim=1)).flatten()[:5].tolist()
-        raise ArtifactError(f"CF embeddings contain NaN or infinite values (item_idx {bad}...); nothing was written")
+    if attention is not None:
+        if attention.ndim != 2 or attention.shape[0] != data.num_items or attention.shape[1] == 0:
+            raise ArtifactError(f"attention embeddings {tuple(attention.shape)} do not fit the catalogue of {data.num_items} items "
+                                f"of {data.root}; expected ({data.num_items}, d_a)")
+        extra_tensors["attention_embeddings"] = apply_unseen_rule(attention, has_cf)
+    for name, values in (("CF embeddings", vectors), ("attention embeddings", extra_tensors.get("attention_embeddings"))):
+        if values is not None and not torch.isfinite(values).all():
+            bad = torch.nonzero(~torch.isfinite(values).all(dim=1)).flatten()[:5].tolist()
+            raise ArtifactError(f"{name} contain NaN or infinite values (item_idx {bad}...); nothing was written")
     flags = has_cf.bool().cpu().to(torch.uint8)
     with atomic_directory(out_dir) as tmp:
         save_file({"embeddings": vectors.contiguous(), "has_cf": flags.contiguous(),
-                   "predicted": predicted.to(torch.uint8).contiguous(), **extra_tensors},
+                   "predicted": predicted.to(torch.uint8).contiguous(), **{k: v.contiguous() for k, v in extra_tensors.items()}},
                   str(tmp / EMBEDDINGS_FILE), metadata={"format": "setrec-cf-v1"})
         files = {EMBEDDINGS_FILE: {"sha256": sha256_file(tmp / EMBEDDINGS_FILE)}}
         if sasrec is not None:
@@ -153,6 +167,7 @@ def write_cf_embeddings(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "dataset": {"path": str(Path(data.root).resolve()), "fingerprint": data.fingerprint, "num_items": data.num_items},
             "shape": list(vectors.shape),
+            **({"attention_shape": list(attention.shape)} if attention is not None else {}),
             "unseen_item_rule": ("predicted from text by a map fitted on items with a train interaction, has_cf = 0, predicted = 1"
                                  if text_to_cf is not None else "zero vector, has_cf = 0"),
             **({"text_to_cf": text_to_cf.stats} if text_to_cf is not None else {}),
@@ -183,12 +198,15 @@ class CFArtifact:
         predicted: (num_items,) bool, True for rows predicted from text (all False in folders
             written before the flag existed).
         text_to_cf: the stored :class:`~recsys.tokenizers.text_to_cf.TextToCF`, or None.
+        attention: (num_items, d_a) float32 attention table of a decoupled SASRec (DARE; rows with
+            ``has_cf`` False are zero), or None (shared embeddings, imports, older folders).
     """
 
     embeddings: torch.Tensor
     has_cf: torch.Tensor
     predicted: torch.Tensor
     text_to_cf: object | None = None
+    attention: torch.Tensor | None = None
 
 
 def load_cf_embeddings(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,7 +262,18 @@ def load_cf_artifact(directory: str | Path) -> CFArtifact:
         from recsys.tokenizers.text_to_cf import TextToCF
 
         mapping = TextToCF(tensors["text_to_cf_weight"].float(), tensors["text_to_cf_bias"].float(), dict(manifest.get("text_to_cf", {})))
-    return CFArtifact(embeddings, has_cf, predicted, mapping)
+    attention = tensors.get("attention_embeddings")
+    if attention is not None:
+        if attention.dtype != torch.float32 or attention.ndim != 2 or attention.shape[0] != embeddings.shape[0]:
+            raise ArtifactError(f"{path}: 'attention_embeddings' must be float32 ({embeddings.shape[0]}, d_a), got "
+                                f"{attention.dtype} {tuple(attention.shape)}; rebuild the CF embeddings")
+        if list(attention.shape) != list(manifest.get("attention_shape", attention.shape)):
+            raise ArtifactError(f"{path}: attention shape {tuple(attention.shape)} differs from the manifest's {manifest.get('attention_shape')}")
+        if attention[~has_cf].abs().sum() != 0:
+            raise ArtifactError(f"{path}: 'attention_embeddings' rows with has_cf = 0 must be zero vectors; rebuild the CF embeddings")
+    elif "attention_shape" in manifest:
+        raise ArtifactError(f"{path}: the manifest records attention embeddings {manifest['attention_shape']} but the file has none; rebuild it")
+    return CFArtifact(embeddings, has_cf, predicted, mapping, attention)
 
 
 # --------------------------------------------------------------------------- training
@@ -263,6 +292,8 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
             when ``config.align`` is "con" or "gen" (RLMRec); when given, every item without a train
             interaction gets a CF embedding predicted from its text by a ridge map fitted on the
             items with one (:func:`recsys.tokenizers.text_to_cf.fit_text_to_cf`).
+            With ``config.embeddings == "decoupled"`` (DARE) the CF embeddings stay the representation
+            table and the attention table is stored too (``attention_embeddings``).
 
     Returns:
         ``out_dir``.
@@ -308,8 +339,9 @@ def train_cf_embeddings(data_dir: str | Path, out_dir: str | Path, config=None, 
         from recsys.tokenizers.semantic import text_embeddings_manifest
 
         info["semantic"] = {"path": str(Path(semantic_dir).resolve()), "encoder": text_embeddings_manifest(semantic_dir).get("encoder", {})}
+    attention = result.model.attention_embeddings().detach() if config.embeddings == "decoupled" else None
     write_cf_embeddings(out_dir, result.model.item_embeddings(), has_cf, data, info, sasrec=(result.model, config),
-                        text_to_cf=mapping, text=text)
+                        text_to_cf=mapping, text=text, attention=attention)
     if log_to_mlflow and result.mlflow_run_id:
         from recsys import tracking
 

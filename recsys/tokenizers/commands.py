@@ -3,6 +3,7 @@
 Commands:
     recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf [--epochs 200 --dim 64 ...] [--import emb.npy]
     recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf --semantic art/ml-100k/semantic --align con
+    recsys tokenize cf --data data/ml-100k --out art/ml-100k/cf --embeddings decoupled [--attention-size 32]   # DARE
     recsys tokenize semantic --data data/ml-100k --out art/ml-100k/semantic [--encoder DIR]
     recsys tokenize ids --data data/ml-100k --semantic art/ml-100k/semantic --out art/ml-100k/ids
     recsys tokenize table --data data/ml-100k --cf art/ml-100k/cf --semantic art/ml-100k/semantic \\
@@ -91,7 +92,8 @@ CF = ConfigCommand(
      "--heads": "num_heads", "--max-len": "max_len", "--dropout": "dropout", "--lr": "lr", "--batch-size": "batch_size",
      "--window-batch-size": "window_batch_size", "--seed": "seed", "--train-samples": "train_samples",
      "--accelerator": "accelerator", "--align": "align", "--align-weight": "align_weight",
-     "--align-temperature": "align_temperature", "--align-mask-ratio": "align_mask_ratio"},
+     "--align-temperature": "align_temperature", "--align-mask-ratio": "align_mask_ratio",
+     "--embeddings": "embeddings", "--attention-size": "attention_size"},
     cf_options,
 )
 
@@ -145,6 +147,8 @@ def run_cf(args: argparse.Namespace) -> int:
     predicted = counts.get("predicted", 0)
     print(f"CF embeddings {tuple(manifest['shape'])} -> {out} ({counts['has_cf']} items with CF, "
           f"{predicted} predicted from text, {counts['no_cf'] - predicted} zero vectors by the unseen-item rule)")
+    if "attention_shape" in manifest:
+        print(f"attention embeddings {tuple(manifest['attention_shape'])} (decoupled, DARE)")
     if "text_to_cf" in manifest:
         fit = manifest["text_to_cf"]
         print(f"text->CF map ({fit['method']}, lambda {fit['lambda']:.4g}) fitted on {fit['warm_items']} warm items: "
