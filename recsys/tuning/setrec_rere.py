@@ -1,0 +1,307 @@
+"""ReRe tuning of a set-identifier bundle: on-policy groups from the one-pass catalogue distribution.
+
+The policy of a trained set-identifier model is its ranking turned into a distribution: for the
+prefix ending at position p, ``pi(i) = softmax(s(i) / temperature)`` over the allowed items, where
+``s(i) = sum_k w_k <h_k, t_ik>`` is the score the model ranks with (``w`` from the bundle's beta,
+``h`` the query states of backbone plus history prior, ``t`` the item tokens). Allowed items are
+the softmax candidates of supervised training (items with a train interaction, ``negatives:
+train``) minus the items the prefix has already seen in its window (serving never recommends them).
+
+Each step takes windows of the train split (``recsys.training.setrec_data``; the targets of the
+packed all-prefix windows, so one backbone pass scores every prefix of a window), draws a group of
+G items per prefix from the policy (top-G, or sampled without replacement), rewards them with
+:func:`recsys.tuning.rere.rere_rewards` against the prefix's held-out next item, and minimises
+the ReRe loss: the GRPO surrogate on group-normalised advantages plus ``kl_weight`` times the
+exact KL to the supervised model (a frozen copy). Dropout is off (the model runs in eval mode) so
+the group is drawn from the same distribution the gradient is taken of.
+
+Validation NDCG@10 (the bundle's beta, history excluded as in training) is measured before the
+first step and every ``eval_every`` steps; the best state is kept, so a tuning that does not help
+on validation returns the supervised model unchanged (``best_step`` 0). Test metrics are computed
+once, for the record, on the kept state. Nothing from the valid or test split enters training.
+
+Example:
+    >>> result = tune_setrec("runs/setrec/bundle", "runs/data/ml-100k", ReReConfig(max_epochs=1), "runs/rere")
+    >>> result.valid_metrics["ndcg@10"], result.best_step, result.bundle_dir
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.errors import ArtifactError
+from recsys.tuning.rere import ReReConfig, categorical_kl, rere_loss, rere_rewards, group_advantages, sampled_group, top_group
+
+BUNDLE = "bundle"
+RESULT = "result.json"
+
+
+@dataclass
+class TuneResult:
+    """What a ReRe tuning returns (and writes to ``<out_dir>/result.json``).
+
+    Attributes:
+        bundle_dir: the tuned bundle (or TIGER folder).
+        run_id: the MLflow run, or None when tracking is off.
+        valid_metrics: valid metrics of the kept state.
+        test_metrics: test metrics of the kept state (for the record; nothing is selected on them).
+        start_valid_metrics: valid metrics of the supervised starting point.
+        best_step: optimiser step of the kept state (0 = the starting point).
+        steps: optimiser steps taken.
+        seconds: wall time of the tuning (validation included).
+        tuning_seconds: wall time of the optimiser steps alone.
+        prefixes: training prefixes (groups) per epoch.
+        history: per validation: step, valid NDCG@10, mean reward, surrogate, KL.
+    """
+
+    bundle_dir: Path
+    run_id: str | None
+    valid_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    start_valid_metrics: dict[str, float]
+    best_step: int
+    steps: int
+    seconds: float
+    tuning_seconds: float
+    prefixes: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["bundle_dir"] = str(self.bundle_dir)
+        return values
+
+
+def last_window_indices(windows, sequences: list[list[int]]) -> np.ndarray:
+    """Indices of each user's last window of a ``WindowBatches`` (the one holding their most recent train target)."""
+    ends = np.asarray(windows.ends)
+    boundaries = np.cumsum([len(s) for s in sequences])  # flat index after each user's last item
+    return np.nonzero(np.isin(ends + 1, boundaries))[0]
+
+
+def prefix_seen(histories: torch.Tensor, keep: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(T, num_items) bool: items at window positions <= p for every kept prefix (b, p).
+
+    Args:
+        histories: (B, L) window inputs, -1 = padding.
+        keep: (B, L) bool, the prefixes with a target.
+        num_items: catalogue size.
+    """
+    batch, length = histories.shape
+    rows = torch.nonzero(keep)  # (T, 2) row-major, the order of states[keep]
+    seen = torch.zeros(rows.shape[0], num_items + 1, dtype=torch.bool, device=histories.device)
+    items = torch.where(histories >= 0, histories, num_items)  # (B, L), padding -> the spare column
+    positions = torch.arange(length, device=histories.device)
+    visible = positions[None, :] <= rows[:, 1:2]  # (T, L)
+    cols = torch.where(visible, items[rows[:, 0]], num_items)
+    seen.scatter_(1, cols, True)
+    return seen[:, :num_items]
+
+
+def policy_log_probs(model, histories: torch.Tensor, targets: torch.Tensor, beta: float, temperature: float,
+                     allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy over the catalogue of every prefix with a target.
+
+    Args:
+        model: a :class:`recsys.models.setrec.SetRecModel`.
+        histories: (B, L) window inputs (-1 = padding).
+        targets: (B, L) next items (-1 = no target at that position).
+        beta: ranking weight of the score dimensions.
+        temperature: softmax temperature.
+        allowed: (num_items,) bool softmax candidates, or None for all.
+
+    Returns:
+        ``(log_probs (T, N), gold (T,))`` for the T prefixes with a target, row-major; items the prefix has seen
+        and items outside ``allowed`` have log-probability -inf.
+    """
+    table = model.item_table()
+    states = model.query_states(histories, target_items=targets, table=table)  # (B, L, K, d)
+    keep = targets >= 0
+    states = states[keep]
+    weights = model.dimension_weights(beta).to(states)
+    scores = torch.einsum("tkd,ikd->ti", (states * weights[None, :, None]).float(), table.float()) / temperature
+    hide = prefix_seen(histories, keep, scores.shape[1])
+    if allowed is not None:
+        hide |= ~allowed.to(hide.device)[None, :]
+    return torch.log_softmax(scores.masked_fill(hide, -math.inf), dim=-1), targets[keep]
+
+
+def rere_step_loss(model, reference, histories: torch.Tensor, targets: torch.Tensor, beta: float,
+                   allowed: torch.Tensor | None, config: ReReConfig, generator: torch.Generator | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The ReRe loss of one batch of windows (see the module docstring); keys of :func:`rere_loss` plus ``reward``
+    (mean group reward) and ``hit`` (share of groups that hold the held-out item)."""
+    log_probs, gold = policy_log_probs(model, histories, targets, beta, config.temperature, allowed)
+    with torch.no_grad():
+        ref_log_probs, _ = policy_log_probs(reference, histories, targets, beta, config.temperature, allowed)
+    detached = log_probs.detach()
+    group = top_group(detached, config.group_size) if config.sampling == "top" else \
+        sampled_group(detached, config.group_size, generator)
+    rewards = rere_rewards(group, gold, config.rank_weight)
+    advantages = group_advantages(rewards)
+    chosen = log_probs.gather(1, group)
+    out = rere_loss(chosen, chosen.detach(), advantages, categorical_kl(log_probs, ref_log_probs), config)
+    out["reward"] = rewards.mean().detach()
+    out["hit"] = (group == gold[:, None]).any(dim=1).float().mean()
+    return out
+
+
+def _valid_metrics(model, loader, beta: float, exclude_history: bool) -> dict[str, float]:
+    from recsys.training.setrec_module import evaluate_beta_grid
+
+    return evaluate_beta_grid(model, loader, [beta], exclude_history).means()[0]
+
+
+def _parent_run(bundle_dir: Path) -> str | None:
+    """The MLflow run of the training job that wrote ``bundle_dir`` (its ``mlflow_run.json``), if recorded."""
+    from recsys.training.job import RUN_FILE
+
+    for folder in (bundle_dir, bundle_dir.parent):
+        file = folder / RUN_FILE
+        if file.is_file():
+            try:
+                return json.loads(file.read_text()).get("run_id")
+            except (json.JSONDecodeError, OSError):
+                return None
+    return None
+
+
+def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig, out_dir: str | Path,
+                tracking: Any = None, progress: bool = False) -> TuneResult:
+    """ReRe-tune the set-identifier bundle ``bundle_dir`` on ``data_dir``'s train split; writes ``<out_dir>/bundle``.
+
+    Args:
+        bundle_dir: a bundle written by ``recsys train`` (``recsys.bundle``).
+        data_dir: the prepared dataset the bundle was trained on (fingerprints must match).
+        config: ReRe settings.
+        out_dir: output folder: ``bundle/`` (the tuned bundle) and ``result.json``.
+        tracking: a ``TrackingConfig`` (None or ``enabled: false``: no MLflow run). The run is tagged with the
+            supervised run as ``mlflow.parentRunId`` / ``parent_run_id`` when that run is recorded.
+        progress: print one line per validation.
+
+    Raises:
+        ArtifactError: the dataset is not the one the bundle was trained on.
+    """
+    from recsys.bundle import load_bundle, save_bundle
+    from recsys.pipelines.prepared import PreparedDataset
+    from recsys.training.setrec_data import SetRecDataModule
+
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    model = load_bundle(bundle_dir)
+    info = model.bundle
+    data = PreparedDataset.load(data_dir)
+    if info.manifest.get("dataset_fingerprint") not in (None, data.fingerprint):
+        raise ArtifactError(f"{bundle_dir}: trained on dataset {info.manifest.get('dataset_fingerprint')}, but {data_dir} "
+                            f"is {data.fingerprint}; tune on the dataset the bundle was trained on")
+    trained = info.config
+    datamodule = SetRecDataModule(data, info.max_len, config.batch_size, int(trained.get("eval_batch_size", 256)),
+                                  config.seed, 0, "all_prefix", int(trained.get("window_stride", 0) or 0))
+    exclude_history = bool(trained.get("exclude_history", True))
+    allowed = torch.from_numpy(data.train_item_mask()) if trained.get("negatives", "train") == "train" else None
+    windows = datamodule.train
+    indices = (last_window_indices(windows, data.train_sequences()) if config.windows == "last"
+               else np.arange(len(windows)))
+    prefixes = int(sum(int((windows([int(i)])[1] >= 0).sum()) for i in indices))
+    beta = float(info.beta)
+
+    reference = copy.deepcopy(model).eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    model.eval()  # dropout off: the group is drawn from the distribution the gradient is taken of
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    valid_loader = datamodule.val_dataloader()
+
+    start_valid = _valid_metrics(model, valid_loader, beta, exclude_history)
+    best = (start_valid["ndcg@10"], 0, copy.deepcopy(model.state_dict()))
+    history = [{"step": 0, "valid/ndcg@10": start_valid["ndcg@10"]}]
+    if progress:
+        print(f"rere step 0: valid NDCG@10 {start_valid['ndcg@10']:.4f} (supervised)")
+    step, stale, tuning_seconds, stop = 0, 0, 0.0, False
+    running: dict[str, list[float]] = {"reward": [], "surrogate": [], "kl": [], "hit": []}
+    for epoch in range(config.max_epochs):
+        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        for number, batch in enumerate(batches, start=1):
+            tick = time.perf_counter()
+            histories, targets = windows([int(i) for i in batch])
+            if not bool((targets >= 0).any()):
+                continue
+            out = rere_step_loss(model, reference, histories, targets, beta, allowed, config, generator)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            step += 1
+            tuning_seconds += time.perf_counter() - tick
+            for key in running:
+                running[key].append(float(out[key]))
+            end_of_epoch = number == len(batches)
+            if (config.eval_every and step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+                valid = _valid_metrics(model, valid_loader, beta, exclude_history)
+                row = {"step": step, "epoch": epoch, "valid/ndcg@10": valid["ndcg@10"],
+                       **{f"train/{k}": float(np.mean(v)) for k, v in running.items() if v}}
+                history.append(row)
+                running = {key: [] for key in running}
+                if progress:
+                    print(f"rere step {step} (epoch {epoch}): valid NDCG@10 {valid['ndcg@10']:.4f}, "
+                          f"reward {row.get('train/reward', float('nan')):.4f}, hit {row.get('train/hit', float('nan')):.3f}, kl {row.get('train/kl', float('nan')):.4g}")
+                if valid["ndcg@10"] > best[0]:
+                    best, stale = (valid["ndcg@10"], step, copy.deepcopy(model.state_dict())), 0
+                else:
+                    stale += 1
+                    if stale >= config.patience:
+                        stop = True
+                        break
+        if stop:
+            break
+
+    model.load_state_dict(best[2])
+    model.eval()
+    valid_metrics = _valid_metrics(model, valid_loader, beta, exclude_history)
+    test_metrics = _valid_metrics(model, datamodule.test_dataloader(), beta, exclude_history)
+    metrics = {f"valid/{k}": v for k, v in valid_metrics.items()} | {f"test/{k}": v for k, v in test_metrics.items()}
+    tuned_config = {**trained, "rere": asdict(config), "tuned_from": str(bundle_dir)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = save_bundle(model, out_dir / BUNDLE, beta=beta, max_len=info.max_len, items=info.items_path,
+                        dataset_fingerprint=data.fingerprint, config=tuned_config, metrics=metrics,
+                        text_encoder=info.text_encoder, **_bundle_extras(model))
+    run_id = _log_run(tracking, tuned_config, metrics, history, saved, _parent_run(bundle_dir))
+    result = TuneResult(saved, run_id, valid_metrics, test_metrics, start_valid, best[1], step,
+                        time.perf_counter() - start, tuning_seconds, prefixes, history)
+    (out_dir / RESULT).write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _bundle_extras(model) -> dict[str, Any]:
+    """Keyword arguments of ``save_bundle`` that carry the loaded bundle's long-history selection, when it has one."""
+    selector = getattr(model.bundle, "history_selector", None)
+    return {"history": selector()} if selector is not None else {}
+
+
+def _log_run(tracking: Any, config: dict, metrics: dict, history: list[dict], bundle_dir: Path,
+             parent: str | None) -> str | None:
+    if tracking is None or not getattr(tracking, "enabled", False):
+        return None
+    from recsys.tracking import flatten, log_artifact, log_metrics, start_run
+
+    tags = {"stage": "rere"} | ({"mlflow.parentRunId": parent, "parent_run_id": parent} if parent else {})
+    with start_run(tracking.experiment, tracking.run_name or "rere", flatten(config), tags) as run_id:
+        for row in history:
+            log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        log_metrics(metrics)
+        log_artifact(bundle_dir, artifact_path=BUNDLE)
+    return run_id
