@@ -12,6 +12,12 @@ A bundle holds everything evaluation and serving need, and nothing they must unp
     item_tokens.safetensors  tensor ``tokens``: the (num_items, K, d) item token table
     items.parquet            the catalogue (item_idx, item_id, text, ...)
     index.faiss              flat inner-product index over the flattened token rows
+    history.safetensors      tensor ``attention``: the (num_items, d_a) attention table of the long-history
+                             selection (``recsys.models.history_selection``); optional
+
+The manifest's ``history`` records the selection rule (``selection``, ``search_k``) and where the
+attention table came from (``attention_source``: the CF artifact's ``attention_embeddings`` or its
+``embeddings``); bundles written before it (issue 17) load with ``selection: recent``.
 
 Writes are atomic (temporary folder, then one rename). Loads check, before anything is built:
 the manifest's own checksum (``manifest_sha256``: sha256 of the rest of the manifest, so a hand
@@ -55,6 +61,7 @@ MODEL = "model.safetensors"
 ITEM_TOKENS = "item_tokens.safetensors"
 ITEMS = "items.parquet"
 INDEX = "index.faiss"
+HISTORY = "history.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
 
@@ -69,6 +76,9 @@ class BundleInfo:
         max_len: history length the model was trained with (keep the last ``max_len`` items).
         config: the full training config (config.yaml).
         text_encoder: description of the text encoder of the semantic tokens (to embed new items).
+        history: the long-history selection rule (``recent`` for bundles written before it).
+        attention: (num_items, d_a) attention table of the selection, or None.
+        attention_source: where that table came from (``attention_embeddings`` or ``embeddings`` of the CF artifact).
     """
 
     path: Path
@@ -77,6 +87,25 @@ class BundleInfo:
     max_len: int
     config: dict
     text_encoder: dict
+    history: Any = None
+    attention: torch.Tensor | None = None
+    attention_source: str = ""
+
+    def history_selector(self, max_len: int | None = None, config=None):
+        """The :class:`~recsys.models.history_selection.HistorySelector` evaluation and serving apply.
+
+        Args:
+            max_len: items the model reads (default: the bundle's ``max_len``).
+            config: a :class:`~recsys.models.history_selection.HistoryConfig` to use instead of the
+                bundle's (e.g. DARE selection on a model trained with ``recent``; needs the attention table).
+
+        Example:
+            >>> model.bundle.history_selector()([long_history])
+        """
+        from recsys.models.history_selection import HistoryConfig, HistorySelector
+
+        config = config or self.history or HistoryConfig()
+        return HistorySelector(self.attention, max_len or self.max_len, config, self.attention_source)
 
     @property
     def items_path(self) -> Path:
@@ -113,6 +142,7 @@ def save_bundle(
     config: Mapping[str, Any],
     metrics: Mapping[str, float] | None = None,
     text_encoder: Mapping[str, Any] | None = None,
+    history=None,
 ) -> Path:
     """Write a bundle directory atomically; returns its path.
 
@@ -126,6 +156,8 @@ def save_bundle(
         config: the full training config (written to config.yaml and the manifest).
         metrics: final metrics (validation and test) to record.
         text_encoder: the semantic tokenizer's encoder description (its manifest ``encoder``).
+        history: the :class:`~recsys.models.history_selection.HistorySelector` the model was trained
+            with (its rule and attention table are stored); None records ``recent`` without a table.
     """
     import polars as pl
     import yaml
@@ -143,11 +175,24 @@ def save_bundle(
     frame = pl.read_parquet(items) if isinstance(items, (str, Path)) else items
     if frame.height != table.shape[0]:
         raise ArtifactError(f"items has {frame.height} rows but the model scores {table.shape[0]} items; pass the same dataset's items")
+    attention = None if history is None else history.attention
+    if attention is not None and (attention.ndim != 2 or attention.shape[0] != table.shape[0]):
+        raise ArtifactError(f"the history attention table is {tuple(attention.shape)} but the model scores {table.shape[0]} items")
+    if history is not None and int(history.max_len) != int(max_len):
+        raise ArtifactError(f"the history selector reads {history.max_len} items but max_len is {max_len}")
+    history_entry: dict[str, Any] = {"selection": "recent", "search_k": 0, "attention_source": "", "attention_dim": 0}
+    if history is not None:
+        history_entry = {**history.config.to_dict(), "attention_source": history.source if attention is not None else "",
+                         "attention_dim": int(attention.shape[1]) if attention is not None else 0}
     with atomic_directory(out_dir) as tmp:
         save_model(exported, str(tmp / MODEL), metadata={"format": "pt"})
         save_file({"tokens": table}, str(tmp / ITEM_TOKENS))
         frame.write_parquet(tmp / ITEMS)
         write_index(table, tmp / INDEX)
+        names = [MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG]
+        if attention is not None:
+            save_file({"attention": attention.detach().float().cpu().contiguous()}, str(tmp / HISTORY))
+            names.append(HISTORY)
         (tmp / CONFIG).write_text(yaml.safe_dump(json.loads(json.dumps(dict(config), default=str)), sort_keys=False))
         encoder = exported.item_encoder
         manifest = {
@@ -167,10 +212,11 @@ def save_bundle(
             },
             "beta": float(beta),
             "max_len": int(max_len),
+            "history": history_entry,
             "query_vector": "concat((1 - beta) h_0, beta h_1, ..., beta h_N); item vector = flattened token row",
             "text_encoder": dict(text_encoder or {}),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-            "files": {name: sha256_file(tmp / name) for name in (MODEL, ITEM_TOKENS, ITEMS, INDEX, CONFIG)},
+            "files": {name: sha256_file(tmp / name) for name in names},
         }
         manifest["manifest_sha256"] = manifest_checksum(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -187,6 +233,18 @@ class Shapes(BaseModel):
     cf_dim: int = Field(gt=0)
     text_dim: int = Field(gt=0)
     num_semantic_tokens: int = Field(gt=0)
+
+
+class HistoryManifest(BaseModel):
+    """``manifest.json`` ``history``: the long-history selection rule (``recsys.models.history_selection``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    selection: Literal["recent", "dare"]
+    search_k: int = Field(ge=0)
+    attention_source: str = ""
+    """``attention_embeddings`` or ``embeddings`` (of the CF artifact); empty without a table."""
+    attention_dim: int = Field(default=0, ge=0)
+    """d_a of ``history.safetensors`` (0: no table)."""
 
 
 class Manifest(BaseModel):
@@ -207,6 +265,8 @@ class Manifest(BaseModel):
     max_len: int = Field(gt=0)
     """History length kept (last items); > 0."""
     text_encoder: dict = Field(default_factory=dict)
+    history: HistoryManifest | None = None
+    """Absent in bundles written before issue 17 (they load as ``recent``)."""
     metrics: dict[str, float] = Field(default_factory=dict)
     files: dict[str, Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]
     manifest_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
@@ -414,7 +474,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
     """Load a bundle's :class:`SetRecModel` in eval mode after verifying it (:func:`read_manifest`,
     :func:`read_config`, :func:`check_backbone`).
 
-    The returned model has a ``bundle`` attribute (:class:`BundleInfo`: beta, max_len, config, ...).
+    The returned model has a ``bundle`` attribute (:class:`BundleInfo`: beta, max_len, config, the
+    long-history rule: ``model.bundle.history_selector()`` is what evaluation and serving apply).
 
     Raises:
         ArtifactError: one line naming the file and field (see the module docstring).
@@ -444,6 +505,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
     if missing or unexpected:
         raise ArtifactError(f"{path / MODEL} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     model.to(device).eval()
+    history, attention, source = read_history(path, manifest)
     model.bundle = BundleInfo(
         path=path,
         manifest=manifest,
@@ -451,8 +513,49 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu"):
         max_len=int(manifest["max_len"]),
         config=config_yaml,
         text_encoder=manifest.get("text_encoder", {}),
+        history=history,
+        attention=attention,
+        attention_source=source,
     )
     return model
+
+
+def read_history(path: str | Path, manifest: Mapping[str, Any]):
+    """The bundle's long-history rule and attention table: ``(HistoryConfig, attention or None, source)``.
+
+    Bundles without a ``history`` entry load as ``recent`` without a table.
+
+    Raises:
+        ArtifactError: the rule does not fit ``max_len``, ``dare`` without ``history.safetensors``, or a
+            table whose shape disagrees with the manifest.
+    """
+    from safetensors.torch import load_file
+
+    from recsys.errors import ConfigError
+    from recsys.models.history_selection import HistoryConfig
+
+    path = Path(path)
+    entry = manifest.get("history")
+    if entry is None:
+        return HistoryConfig(), None, ""
+    config = HistoryConfig(entry["selection"], entry["search_k"])
+    try:
+        config.validate(int(manifest["max_len"]))
+    except ConfigError as error:
+        raise ArtifactError(f"{path / MANIFEST}: {error}; re-export the bundle") from error
+    attention = None
+    if HISTORY in manifest["files"]:
+        try:
+            attention = load_file(str(path / HISTORY)).get("attention")
+        except Exception as error:  # safetensors raises several types for corrupt files
+            raise ArtifactError(f"{path / HISTORY} is not a readable safetensors file ({_one_line(error)}); re-export the bundle") from error
+        expected = (manifest["shapes"]["num_items"], entry.get("attention_dim", 0))
+        if attention is None or attention.dtype != torch.float32 or tuple(attention.shape) != expected:
+            got = None if attention is None else (str(attention.dtype), tuple(attention.shape))
+            raise ArtifactError(f"{path / HISTORY}: tensor 'attention' must be float32 {expected}, got {got}; re-export the bundle")
+    if config.selection == "dare" and attention is None:
+        raise ArtifactError(f"{path / MANIFEST}: history.selection is dare but the bundle has no {HISTORY}; re-export the bundle")
+    return config, attention, entry.get("attention_source", "") if attention is not None else ""
 
 
 def load_item_tokens(path: str | Path) -> torch.Tensor:

@@ -217,15 +217,17 @@ def setrec_overrides(spec: MethodSpec, seed: int, context: MethodContext) -> dic
 
 
 def bundle_recommender(name: str, model) -> ScoringRecommender:
-    """Wrap a loaded bundle (``recsys.bundle.load_bundle``): item table computed once, beta from the bundle."""
+    """Wrap a loaded bundle (``recsys.bundle.load_bundle``): item table computed once, beta and the
+    long-history selection (``model.bundle.history_selector()``, as serving applies it) from the bundle."""
     from recsys.models.setrec import pad_histories
 
     with torch.no_grad():
         table = model.item_table().detach()
     beta, max_len = model.bundle.beta, model.bundle.max_len
+    select = model.bundle.history_selector()
 
     def score(histories: list[list[int]]) -> torch.Tensor:
-        return model.score_all(pad_histories(histories, max_len), beta, table=table)
+        return model.score_all(pad_histories(select(histories), max_len), beta, table=table)
 
     return ScoringRecommender(name, score, int(table.shape[0]))
 

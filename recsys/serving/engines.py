@@ -15,14 +15,20 @@ bundle (a parity test holds them to it):
   requests, the plugin rebuilds shared positions and the sparse mask, and returns the
   query states.
 
+Both read the same items of a history: the bundle's long-history selection
+(``model.bundle.history_selector()``, :mod:`recsys.models.history_selection`: the last
+``max_len`` items, or with ``history.selection: dare`` the recent ones plus the older ones most
+relevant to them under the attention embeddings), the rule the model was trained and evaluated with.
+
 Both gather history item tokens from :class:`ItemTokens`, the model's item-token table
 computed once (instead of running the item encoder on every history item of every
 request); rows of items added at runtime (:meth:`recsys.serving.service.Recommender.add_item`)
 are computed when a history first refers to them, so new items can appear in histories at once.
 
 Example:
-    >>> engine = TorchEngine(model, beta=0.4, max_len=50)
+    >>> engine = TorchEngine(model, beta=0.4, max_len=50)   # model.bundle's history selection
     >>> engine.query_vectors([[3, 5, 7], [2]]).shape        # (2, K * d)
+    >>> engine.selector([long_history])                      # the items the model reads
 """
 
 from __future__ import annotations
@@ -92,26 +98,30 @@ class ItemTokens:
         return tokens * valid[..., None, None], valid
 
 
-def _truncate(histories: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
-    return [list(h)[-max_len:] for h in histories]
-
-
 class TorchEngine:
     """The bundle's model in PyTorch: batched, no grad.
 
     Args:
         model: a :class:`~recsys.models.setrec.SetRecModel` in eval mode.
         beta: ranking weight of the bundle.
-        max_len: histories keep their last ``max_len`` items.
+        max_len: items of a history the model reads.
         batch_size: users per forward pass.
+        cached_tokens: gather history tokens from the cached item-token table (the fast path).
+        selector: which ``max_len`` items of a longer history are read
+            (:class:`~recsys.models.history_selection.HistorySelector`); default: the bundle's
+            (``model.bundle.history_selector``), or the last ``max_len`` for a model without a bundle.
     """
 
     name = "torch"
 
-    def __init__(self, model, beta: float, max_len: int, batch_size: int = 256, cached_tokens: bool = True) -> None:
+    def __init__(self, model, beta: float, max_len: int, batch_size: int = 256, cached_tokens: bool = True,
+                 selector=None) -> None:
+        from recsys.models.history_selection import model_selector
+
         self.model = model.eval()
         self.beta = float(beta)
         self.max_len = int(max_len)
+        self.selector = selector or model_selector(model, self.max_len)
         self.batch_size = batch_size
         # The cached table is the fast path of the simultaneous model; the reference is model.query_vectors.
         self.tokens = ItemTokens(model) if cached_tokens and model.config.generation == "simultaneous" else None
@@ -122,7 +132,7 @@ class TorchEngine:
     def query_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         from recsys.models.setrec import pad_histories
 
-        kept = _truncate(histories, self.max_len)
+        kept = self.selector(histories)
         parts = []
         for start in range(0, len(kept), self.batch_size):
             padded = pad_histories(kept[start : start + self.batch_size], self.max_len).to(self.model.prompt.device)
@@ -176,8 +186,10 @@ class VllmEngine:
             simultaneous); its prompt, response and query embeddings and its item encoder
             build the prompt embeddings, its backbone weights go to vLLM.
         beta: ranking weight of the bundle.
-        max_len: histories keep their last ``max_len`` items.
+        max_len: items of a history the model reads.
         config: vLLM settings.
+        selector: which ``max_len`` items of a longer history are read (default: the bundle's, as
+            :class:`TorchEngine`).
 
     Raises:
         ConfigError: the model cannot run on vLLM (the message says why).
@@ -185,16 +197,18 @@ class VllmEngine:
 
     name = "vllm"
 
-    def __init__(self, model, beta: float, max_len: int, config: VllmEngineConfig | None = None) -> None:
+    def __init__(self, model, beta: float, max_len: int, config: VllmEngineConfig | None = None, selector=None) -> None:
         reason = vllm_supports(model)
         if reason:
             raise ConfigError(reason)
+        from recsys.models.history_selection import model_selector
         from recsys.serving.vllm_plugin.checkpoint import export_backbone
         from recsys.serving.vllm_plugin.layout import SetLayout
 
         self.model = model.eval()
         self.beta = float(beta)
         self.max_len = int(max_len)
+        self.selector = selector or model_selector(model, self.max_len)
         self.config = config or VllmEngineConfig()
         k = model.tokens_per_item
         self.layout = SetLayout(model.config.num_prompt_tokens, model.config.num_response_tokens, k)
@@ -215,14 +229,14 @@ class VllmEngine:
         self._params = PoolingParams(use_activation=False)
 
     def prompt_embeds(self, history: Sequence[int]) -> torch.Tensor:
-        """(S, d) prompt embeddings of one history (already truncated) in the agreed layout."""
+        """(S, d) prompt embeddings of one history (already selected, at most ``max_len`` items) in the agreed layout."""
         items = torch.as_tensor(list(history), dtype=torch.long).view(1, -1)
         tokens, _ = self.tokens.history(items)
         d = self._prompt.shape[1]
         return torch.cat([self._prompt, tokens.reshape(-1, d).float().cpu(), self._response, self._queries])
 
     def query_vectors(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        kept = _truncate(histories, self.max_len)
+        kept = self.selector(histories)
         prompts = [{"prompt_embeds": self.prompt_embeds(h)} for h in kept]
         outputs = self.llm.encode(prompts, pooling_params=self._params, pooling_task="embed", use_tqdm=False)
         k = self.layout.item_tokens

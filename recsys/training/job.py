@@ -193,6 +193,27 @@ def build_model(cfg: TrainJobConfig):
     return SetRecModel(cfg.model, encoder), items
 
 
+def history_selector(cfg: TrainJobConfig):
+    """The long-history selection of the job (:class:`~recsys.models.history_selection.HistorySelector`).
+
+    Its attention table is the CF artifact's (``cfg.cf``): the decoupled SASRec's attention table when
+    the artifact has one, else the CF embeddings themselves
+    (:func:`~recsys.models.history_selection.attention_table`). The bundle stores both the rule and
+    the table, also under ``recent``, so a model can later be evaluated with ``dare``.
+
+    Example:
+        >>> history_selector(load_train_config("configs/setrec-t5-demo.yaml", {"history.selection": "dare",
+        ...                                                                     "history.search_k": 5}))
+    """
+    from recsys.models.history_selection import HistorySelector, attention_table
+    from recsys.tokenizers.cf import load_cf_artifact
+
+    if not Path(cfg.cf).is_dir():
+        raise _missing_artifact("cf", cfg.cf)
+    table, source = attention_table(load_cf_artifact(cfg.cf))
+    return HistorySelector(table, cfg.max_len, cfg.history, source)
+
+
 def _trainer_kwargs(cfg: TrainJobConfig) -> dict[str, Any]:
     t = cfg.trainer
     accelerator = t.accelerator
@@ -343,8 +364,9 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = PreparedDataset.load(cfg.data)
+    selector = history_selector(cfg)
     datamodule = SetRecDataModule(data, cfg.max_len, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.trainer.num_workers,
-                                  cfg.train_mode, cfg.window_stride)
+                                  cfg.train_mode, cfg.window_stride, selector)
     text_dir = text_embeddings_dir(cfg)
     if text_dir is None:
         if cfg.cold_cf != "zero":
@@ -407,6 +429,7 @@ def train(cfg: TrainJobConfig, resume: bool = False, callbacks: Sequence[Any] = 
         config=cfg.to_dict(),
         metrics=metrics,
         text_encoder=text_embeddings_manifest(text_dir).get("encoder", {}) if text_dir else {},
+        history=selector,
     )
     run_id = None
     if logger is not None:

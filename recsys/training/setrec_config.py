@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from recsys.errors import ConfigError
+from recsys.models.history_selection import HistoryConfig
 from recsys.models.setrec import SetRecConfig
 
 Strategy = Literal["auto", "ddp", "ddp_spawn", "fsdp"]
@@ -122,17 +123,22 @@ class TrainJobConfig:
     """Lightning Trainer settings."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow tracking."""
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    """Which items of a history longer than ``max_len`` the model reads, the same rule in training, evaluation and
+    serving (the bundle keeps it): ``recent`` or ``dare`` with ``search_k`` (``recsys.models.history_selection``)."""
     beta_grid: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     """Candidate ranking weights beta; the best on validation NDCG@10 is kept (never chosen on test)."""
     max_len: int = 20
-    """History items kept (the most recent) per sample."""
+    """History items the model reads per sample (the most recent; with ``history.selection: dare`` the most recent
+    ``max_len - history.search_k`` plus ``history.search_k`` older ones)."""
     train_mode: TrainMode = "all_prefix"
     """``all_prefix``: a sample is a window of up to ``max_len`` items and one backbone pass gives the loss of
     every target in it (SASRec's training signal; ``SetRecModel.forward_packed``); ``one_prefix``: a sample is one
     (history, next item) pair, the reference path (needed for ``model.encoder_attention: bidirectional``)."""
     window_stride: int = 0
     """``all_prefix`` only: new targets per later window of a long sequence (0 = ``max_len``: windows do not
-    overlap). Smaller strides give every target a longer history at the cost of more windows."""
+    overlap; with ``history.selection: dare``, 0 = R // 2 and it must lie in [1, R), R = ``max_len - history.search_k``).
+    Smaller strides give every target a longer history at the cost of more windows."""
     batch_size: int = 256
     """Training samples per batch (per device): windows under ``all_prefix``, (history, target) pairs under ``one_prefix``."""
     eval_batch_size: int = 256
@@ -176,6 +182,15 @@ class TrainJobConfig:
             raise ConfigError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
         if self.window_stride < 0:
             raise ConfigError(f"window_stride must be >= 0, got {self.window_stride}")
+        self.history.validate(self.max_len)
+        if self.history.selection == "dare" and self.train_mode == "all_prefix":
+            recent = self.max_len - self.history.search_k
+            if recent < 2:
+                raise ConfigError(f"history.search_k: all_prefix training with dare needs max_len - search_k >= 2 recent items "
+                                  f"(a window's scored part and its context), got {recent}; lower history.search_k")
+            if self.window_stride >= recent:
+                raise ConfigError(f"window_stride: with history.selection dare it must be < max_len - history.search_k "
+                                  f"({recent}): a later window keeps context items to query the older history; got {self.window_stride}")
         if self.train_mode == "all_prefix" and self.model.backbone == "t5" and self.model.encoder_attention != "causal":
             raise ConfigError("train_mode all_prefix needs model.encoder_attention: causal for the t5 backbone "
                               "(a bidirectional encoder lets each item see later ones); or set train_mode: one_prefix")
