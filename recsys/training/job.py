@@ -4,7 +4,8 @@ Command:
     recsys train --config configs/setrec-t5-ml100k.yaml [--set trainer.max_epochs=3 ...] [--resume]
 
 Steps: seed; read the prepared dataset and the CF/text artifacts (a CF-only model, ``model.token_set: cf``,
-reads no text on data without it); build ``SetRecModel``; fit
+reads no text on data without it); build the long-history selection (``history``, :func:`history_selector`:
+training windows, valid and test read what it keeps, and the bundle stores it); build ``SetRecModel``; fit
 with Lightning (checkpoints and early stopping on ``valid/ndcg@10``, ``<out_dir>/checkpoints``);
 restore the best checkpoint; choose beta on the VALID split from ``beta_grid``; test with that
 beta; write ``<out_dir>/bundle`` (``recsys.bundle.save_bundle``) and ``<out_dir>/result.json``;
