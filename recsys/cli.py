@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "recsys.pipelines.commands",
     "recsys.tokenizers.commands",
     "recsys.training.commands",
+    "recsys.tuning.commands",
     "recsys.evaluation.commands",
     "recsys.serving.commands",
     "recsys.demo",

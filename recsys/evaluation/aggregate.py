@@ -108,28 +108,38 @@ def summarise_method(runs: list[SeedRun], ks: list[int], samples: int) -> dict[s
     return out
 
 
-def paired_comparisons(all_runs: dict[str, list[SeedRun]], reference: str, ks: list[int], samples: int) -> dict[str, Any]:
-    """Paired bootstrap of reference minus every other method on the same users (seed-averaged)."""
+def _paired(a: list[SeedRun], b: list[SeedRun], ks: list[int], samples: int, p_key: str) -> dict[str, Any]:
+    """Paired bootstrap of ``a`` minus ``b`` on the same users (seed-averaged), for every metric both report."""
     from recsys.evaluation.bootstrap import paired_bootstrap
 
-    if reference not in all_runs:
-        return {}
     keys = [(f"{m}@{k}", "all", f"{m}@{k}") for k in ks for m in ("ndcg", "recall")]
     keys += [(f"cold/recall@{k}", "cold", f"recall@{k}") for k in ks]
     keys += [(f"cold_only/recall@{k}", "cold_only", f"recall@{k}") for k in ks]
     out: dict[str, Any] = {}
-    for name, runs in all_runs.items():
-        if name == reference:
+    for key, group, metric in keys:
+        if not (has_group(a, group) and has_group(b, group)):
             continue
-        out[name] = {}
-        for key, group, metric in keys:
-            if not (has_group(all_runs[reference], group) and has_group(runs, group)):
-                continue
-            result = paired_bootstrap(seed_averaged(all_runs[reference], group, metric), seed_averaged(runs, group, metric),
-                                      num_samples=samples)
-            out[name][key] = {"diff": _finite(result["diff"]), "ci": [_finite(v) for v in result["ci"]],
-                              "p_reference_not_better": _finite(result["p_a_not_better"]), "users": result["users"]}
+        result = paired_bootstrap(seed_averaged(a, group, metric), seed_averaged(b, group, metric), num_samples=samples)
+        out[key] = {"diff": _finite(result["diff"]), "ci": [_finite(v) for v in result["ci"]],
+                    p_key: _finite(result["p_a_not_better"]), "users": result["users"]}
     return out
+
+
+def paired_comparisons(all_runs: dict[str, list[SeedRun]], reference: str, ks: list[int], samples: int) -> dict[str, Any]:
+    """Paired bootstrap of reference minus every other method on the same users (seed-averaged)."""
+    if reference not in all_runs:
+        return {}
+    return {name: _paired(all_runs[reference], runs, ks, samples, "p_reference_not_better")
+            for name, runs in all_runs.items() if name != reference}
+
+
+def tuned_comparisons(starts: dict[str, str], all_runs: dict[str, list[SeedRun]], ks: list[int], samples: int) -> dict[str, Any]:
+    """Paired bootstrap of every tuned method minus its supervised starting point (``starts``: tuned -> start).
+
+    ``p_tuned_not_better`` is the share of resamples where the tuned method is not ahead.
+    """
+    return {name: {"start": start, "vs": _paired(all_runs[name], all_runs[start], ks, samples, "p_tuned_not_better")}
+            for name, start in starts.items() if name in all_runs and start in all_runs}
 
 
 def efficiency(summary: dict[str, Any], reference: str, beam: str) -> dict[str, Any]:
@@ -161,10 +171,14 @@ def jsonable(value: Any) -> Any:
 
 
 def build_report(config: BenchmarkConfig, all_runs: dict[str, list[SeedRun]], meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON report: one entry per method, then ``paired``, ``efficiency``, ``seeds`` and ``meta``."""
+    """The JSON report: one entry per method, then ``paired``, ``tuned`` (tuned methods minus their starting points,
+    when the config has tuned methods), ``efficiency``, ``seeds`` and ``meta``."""
     ks, samples = list(config.evaluation.ks), config.evaluation.bootstrap_samples
     report: dict[str, Any] = {name: summarise_method(runs, ks, samples) for name, runs in all_runs.items()}
     report["paired"] = {"reference": config.reference, "vs": paired_comparisons(all_runs, config.reference, ks, samples)}
+    starts = {m.name: m.start for m in config.methods if m.tune is not None}
+    if starts:
+        report["tuned"] = tuned_comparisons(starts, all_runs, ks, samples)
     report["efficiency"] = efficiency(report, config.reference, config.beam_method)
     report["seeds"] = {
         name: [{"seed": run.seed, "test": run.result.summary["all"], "cold": run.result.summary.get("cold", {}),

@@ -114,7 +114,8 @@ def prepare_artifacts(config: BenchmarkConfig, log=print) -> MethodContext:
         Path(setrec_config).write_text(yaml.safe_dump(config.setrec.base, sort_keys=False))
     context = MethodContext(data=data, work_dir=work, sasrec=dict(config.sasrec), tiger=dict(config.tiger),
                             setrec_config=setrec_config, setrec_overrides=dict(config.setrec.overrides),
-                            exclude_history=config.evaluation.exclude_history, refused=refused)
+                            exclude_history=config.evaluation.exclude_history, refused=refused,
+                            rere=dict(config.rere), methods={m.name: m for m in config.methods})
     # RLMRec SASRec methods read the text embeddings too; without text only CF-only setrec methods are left here
     if (kinds & {"tiger", "setrec", "text"} or aligned) and not items_without_text(data.items):
         from recsys.tokenizers.semantic import SemanticConfig, build_text_embeddings, load_text_embeddings

@@ -22,7 +22,7 @@ from recsys.errors import ConfigError
 from recsys.evaluation.methods import MethodSpec
 
 #: Keys of the report that are not method names.
-RESERVED_KEYS = ("meta", "paired", "efficiency", "seeds")
+RESERVED_KEYS = ("meta", "paired", "tuned", "efficiency", "seeds")
 
 
 @dataclass
@@ -115,6 +115,9 @@ class BenchmarkConfig:
     torch_threads: int | None = 1
     """Intra-op threads of torch for training and inference (the same for every method); None keeps torch's default.
     One thread avoids oversubscription when the cores are shared."""
+    rere: dict[str, Any] = field(default_factory=dict)
+    """Base ``ReReConfig`` fields (``recsys.tuning.rere``) of tuned methods (``tune: rere``); a method's
+    ``overrides`` change them for that method."""
     reference: str = "setrec"
     """Method every other method is compared with (paired intervals)."""
     beam_method: str = "tiger"
@@ -131,6 +134,14 @@ class BenchmarkConfig:
         reserved = sorted(set(names) & set(RESERVED_KEYS))
         if reserved:
             raise ConfigError(f"methods: {reserved} are reserved report keys; rename the method")
+        for i, method in enumerate(self.methods):
+            if method.tune is None:
+                continue
+            earlier = {m.name: m for m in self.methods[:i]}
+            start = earlier.get(method.start)
+            if start is None or start.kind != method.kind or start.tune is not None:
+                raise ConfigError(f"methods[{i}] ({method.name}).start: {method.start!r} must name a supervised "
+                                  f"{method.kind} method listed before it (earlier methods: {sorted(earlier)})")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
         if not self.evaluation.ks or min(self.evaluation.ks) < 1:
@@ -159,11 +170,16 @@ class BenchmarkConfig:
             config_from_values(SASRecConfig, self.cf, validate=False, where="cf")
         config_from_values(TigerConfig, self.tiger, validate=False, where="tiger")
         config_from_values(TextEncoderConfig, self.text_encoder, validate=False, where="text_encoder")
+        from recsys.tuning.rere import ReReConfig
+
+        config_from_values(ReReConfig, self.rere, validate=False, where="rere")
         if self.setrec.base is not None:
             config_from_values(TrainJobConfig, self.setrec.base, self.setrec.overrides, validate=False, where="setrec.base")
         for i, method in enumerate(self.methods):
             where = f"methods[{i}] ({method.name}).overrides"
-            if method.kind == "sasrec":
+            if method.tune is not None:
+                config_from_values(ReReConfig, {**self.rere, **method.overrides}, validate=False, where=where)
+            elif method.kind == "sasrec":
                 config_from_values(SASRecConfig, {**self.sasrec, **method.overrides}, validate=False, where=where)
             elif method.kind == "tiger":
                 config_from_values(TigerConfig, {**self.tiger, **method.overrides}, validate=False, where=where)

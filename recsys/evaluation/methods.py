@@ -39,11 +39,22 @@ class MethodSpec:
     kind: Kind
     """``popularity``, ``sasrec``, ``tiger``, ``setrec`` or ``text`` (text similarity)."""
     overrides: dict[str, Any] = field(default_factory=dict)
-    """Settings that differ from the benchmark's base config of this kind (dotted keys for setrec)."""
+    """Settings that differ from the benchmark's base config of this kind (dotted keys for setrec); for a tuned
+    method, ``ReReConfig`` fields that differ from the benchmark's ``rere`` section."""
+    tune: Literal["rere"] | None = None
+    """Post-training stage: ``rere`` (``recsys.tuning``, ReRe) tunes the trained model of method ``start``."""
+    start: str | None = None
+    """Tuned methods: the (supervised) method of the same kind whose model of the same seed is tuned; it is
+    reused from ``<work_dir>/models`` when its saved config equals the one it would be trained with now."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"methods[{self.name!r}].kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.tune is None) != (self.start is None):
+            raise ConfigError(f"methods[{self.name!r}]: give tune and start together (tune: rere, start: <method name>)")
+        if self.tune is not None and self.kind not in ("setrec", "tiger"):
+            raise ConfigError(f"methods[{self.name!r}]: tune: {self.tune} applies to the generative methods (setrec, tiger), "
+                              f"not {self.kind}")
         if not isinstance(self.overrides, dict):
             raise ConfigError(f"methods[{self.name!r}].overrides must be a mapping, got {type(self.overrides).__name__}")
 
@@ -78,6 +89,10 @@ class MethodContext:
     """The harness's ``evaluation.exclude_history``: methods that select on valid rank the same way."""
     refused: dict[str, str] = field(default_factory=dict)
     """Methods of the config refused before training (name -> reason), e.g. text methods on a dataset without item text."""
+    rere: dict[str, Any] = field(default_factory=dict)
+    """Base ``ReReConfig`` fields of tuned methods (``tune: rere``)."""
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    """Every method of the benchmark by name (a tuned method finds its ``start`` here)."""
 
 
 @dataclass
@@ -152,7 +167,7 @@ def train_sasrec(spec: MethodSpec, seed: int, context: MethodContext) -> Trained
 def train_tiger(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMethod:
     """TIGER over the RQ-KMeans ids, trie-constrained beam search (``recsys.training.tiger.fit_tiger``)."""
     from recsys.models.tiger import TigerConfig
-    from recsys.training.tiger import fit_tiger
+    from recsys.training.tiger import fit_tiger, save_tiger
 
     if context.semantic_ids is None:
         raise ConfigError(f"methods[{spec.name!r}]: TIGER needs semantic ids; the benchmark builds them when a tiger method is listed")
@@ -161,6 +176,8 @@ def train_tiger(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedM
     result = fit_tiger(context.data, context.semantic_ids, config, out_dir=None, log_to_mlflow=False)
     seconds = time.perf_counter() - start
     model = result.model.eval()
+    model_dir = context.work_dir / "models" / f"{spec.name}-seed{seed}"  # kept for tuned methods (tune: rere)
+    save_tiger(model, model_dir, extra={"train_seconds": seconds, "epochs_run": result.epochs_run})
     rec = RankingRecommender(spec.name, model.rank, model.num_items, max_k=config.beam_size)
     t5 = model.t5.config
     info = {
@@ -168,6 +185,7 @@ def train_tiger(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedM
         "best_epoch": result.best_epoch,
         "parameters": num_parameters(model),
         "beam_size": config.beam_size,
+        "model_dir": str(model_dir),
         "backbone": {"d_model": t5.d_model, "num_layers": t5.num_layers, "num_decoder_layers": t5.num_decoder_layers,
                      "num_heads": t5.num_heads, "d_ff": t5.d_ff},
     }
@@ -286,4 +304,8 @@ def train_method(spec: MethodSpec, seed: int, context: MethodContext) -> Trained
     Example:
         >>> train_method(MethodSpec("sasrec", "sasrec", {"max_epochs": 2}), 0, context).valid_metrics["ndcg@10"]
     """
+    if spec.tune is not None:
+        from recsys.evaluation.tuned_methods import tune_method
+
+        return tune_method(spec, seed, context)
     return TRAINERS[spec.kind](spec, seed, context)

@@ -31,7 +31,7 @@ TABLE_COLUMNS = (
     ("warm_only/recall@20", "warm Recall@20 (warm items only)"),
 )
 PLOT_METRICS = ("ndcg@10", "recall@10", "recall@20", "cold/recall@20", "cold_only/recall@20")
-NON_METHOD_KEYS = ("meta", "paired", "efficiency", "seeds")
+NON_METHOD_KEYS = ("meta", "paired", "tuned", "efficiency", "seeds")
 
 
 def methods_of(report: dict[str, Any]) -> list[str]:
@@ -98,6 +98,25 @@ def benchmark_markdown(report: dict[str, Any], command: str | None = None) -> st
 
             lines.append(f"| {name} | {d('ndcg@10')} | {d('recall@10')} | {d('cold/recall@20')} | {d('cold_only/recall@20')} | "
                          f"{_fmt(diffs.get('ndcg@10', {}).get('p_reference_not_better'), 3)} |")
+    tuned = report.get("tuned", {})
+    if tuned:
+        lines += ["", "Tuned methods minus their supervised starting points (paired bootstrap, same users; 95% interval; "
+                      "p = share of resamples where the tuned method is not ahead):", "",
+                  "| tuned | start | NDCG@10 diff | Recall@20 diff | p (NDCG@10) | tuning s / 1000 users / epoch | "
+                  "supervised s / 1000 users / epoch |", "|---|---|---|---|---|---|---|"]
+        for name, entry in tuned.items():
+            diffs, info = entry.get("vs", {}), report.get(name, {}).get("info", {})
+
+            def t(key: str) -> str:
+                item = diffs.get(key, {})
+                if item.get("diff") is None:
+                    return "n/a"
+                return f"{item['diff']:+.4f} [{_fmt(item['ci'][0])}, {_fmt(item['ci'][1])}]"
+
+            lines.append(f"| {name} | {entry.get('start')} | {t('ndcg@10')} | {t('recall@20')} | "
+                         f"{_fmt(diffs.get('ndcg@10', {}).get('p_tuned_not_better'), 3)} | "
+                         f"{_fmt(info.get('tune_seconds_per_1000_users_per_epoch'), 1)} | "
+                         f"{_fmt(info.get('supervised_seconds_per_1000_users_per_epoch'), 1)} |")
     eff = report.get("efficiency", {})
     if eff:
         lines += ["", f"Inference (batched, per 1,000 users): {eff['reference']} {_fmt(eff['reference_seconds_per_1000_users'], 3)} s, "

@@ -60,6 +60,7 @@ class TuneResult:
         seconds: wall time of the tuning (validation included).
         tuning_seconds: wall time of the optimiser steps alone.
         prefixes: training prefixes (groups) per epoch.
+        epochs: passes over the tuning prefixes made (fractional when stopped within an epoch).
         history: per validation: step, valid NDCG@10, mean reward, surrogate, KL.
     """
 
@@ -74,6 +75,7 @@ class TuneResult:
     tuning_seconds: float
     prefixes: int
     history: list[dict[str, float]] = field(default_factory=list)
+    epochs: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -229,7 +231,7 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
     history = [{"step": 0, "valid/ndcg@10": start_valid["ndcg@10"]}]
     if progress:
         print(f"rere step 0: valid NDCG@10 {start_valid['ndcg@10']:.4f} (supervised)")
-    step, stale, tuning_seconds, stop = 0, 0, 0.0, False
+    step, stale, tuning_seconds, stop, epochs_done = 0, 0, 0.0, False, 0.0
     running: dict[str, list[float]] = {"reward": [], "surrogate": [], "kl": [], "hit": []}
     for epoch in range(config.max_epochs):
         order = indices[torch.randperm(len(indices), generator=generator).numpy()]
@@ -246,6 +248,7 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
                 torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             step += 1
+            epochs_done = epoch + number / len(batches)
             tuning_seconds += time.perf_counter() - tick
             for key in running:
                 running[key].append(float(out[key]))
@@ -281,7 +284,7 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
                         text_encoder=info.text_encoder, **_bundle_extras(model))
     run_id = _log_run(tracking, tuned_config, metrics, history, saved, _parent_run(bundle_dir))
     result = TuneResult(saved, run_id, valid_metrics, test_metrics, start_valid, best[1], step,
-                        time.perf_counter() - start, tuning_seconds, prefixes, history)
+                        time.perf_counter() - start, tuning_seconds, prefixes, history, epochs_done)
     (out_dir / RESULT).write_text(json.dumps(result.to_json(), indent=2))
     return result
 
