@@ -302,6 +302,49 @@ class Tiger(nn.Module):
             out[row] = total
         return out
 
+    def sequence_log_probs(self, histories: Sequence[Sequence[int]] | torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Log-probability of given items for each history, differentiable: (B, G).
+
+        Teacher-forces each item's code sequence and sums the per-level log-probabilities with
+        the normalisation :meth:`beam_search` uses (each level renormalised over the codes the
+        trie allows after the item's earlier codes), so entry ``(b, g)`` equals the beam
+        search's score of ``items[b, g]`` (its exclusion drops items without renormalising,
+        so it changes no score). Used by ReRe tuning (``recsys.tuning.tiger_rere``) for the
+        policy's log-probabilities of a generated group.
+
+        Args:
+            histories: B histories (lists, or a (B, L) tensor left-padded with -1).
+            items: (B, G) item indices; -1 (the beam search's padding) gets -inf.
+
+        Example:
+            >>> group, scores = model.beam_search(histories, beam_size=16)
+            >>> model.sequence_log_probs(histories, group)      # == scores, with gradient
+        """
+        device = self.codes.device
+        items = torch.as_tensor(items, dtype=torch.int64, device=device)
+        batch, width = items.shape
+        input_ids, mask = self.encode_histories(histories)
+        encoder = self.t5.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        flat = items.clamp(min=0).reshape(-1)  # (B * G,)
+        labels = self.item_tokens(flat)
+        decoder_input = torch.cat([torch.full_like(labels[:, :1], PAD_TOKEN), labels[:, :-1]], dim=1)
+        hidden = self.t5.decoder(
+            input_ids=decoder_input,
+            encoder_hidden_states=encoder.repeat_interleave(width, dim=0),
+            encoder_attention_mask=mask.repeat_interleave(width, dim=0),
+        ).last_hidden_state
+        logits = self._lm_head(hidden)
+        total = torch.zeros(flat.shape[0], device=device)
+        node = torch.zeros_like(flat)
+        for level in range(self.code_length):
+            table = self.trie.children[level].to(device)
+            allowed = table[node] >= 0
+            logp = self._allowed_log_probs(self.level_logits(logits[:, level], level), allowed)
+            code = self.codes[flat, level]
+            total = total + logp.gather(1, code.view(-1, 1)).squeeze(1)
+            node = table[node, code]
+        return total.view(batch, width).masked_fill(items < 0, -math.inf)
+
     def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         config = self.t5.config
         if getattr(config, "scale_decoder_outputs", config.tie_word_embeddings):

@@ -43,8 +43,13 @@ CODES_FILE = "codes.safetensors"
 
 
 @torch.no_grad()
-def evaluate_tiger(model: Tiger, examples: EvalExamples, batch_size: int = 256, ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """Beam-search metrics of ``model`` on ``examples`` (gold sets; nothing excluded).
+def evaluate_tiger(model: Tiger, examples: EvalExamples, batch_size: int = 256, ks: tuple[int, ...] = KS,
+                   exclude_history: bool = False) -> dict[str, float]:
+    """Beam-search metrics of ``model`` on ``examples`` (gold sets).
+
+    Nothing is excluded by default (supervised training selects epochs so); ``exclude_history`` removes
+    each user's history items but the gold ones from the list, as the benchmark harness does
+    (``recsys.evaluation.evaluate``).
 
     Example:
         >>> evaluate_tiger(model, data.eval_examples("valid"))["ndcg@10"]
@@ -53,7 +58,10 @@ def evaluate_tiger(model: Tiger, examples: EvalExamples, batch_size: int = 256, 
     ranks, masks = [], []
     for start in range(0, len(examples), batch_size):
         stop = min(start + batch_size, len(examples))
-        items, _ = model.beam_search(examples.histories[start:stop], model.config.beam_size)
+        exclude = None
+        if exclude_history:
+            exclude = [[i for i in h if i not in set(g)] for h, g in zip(examples.histories[start:stop], examples.gold[start:stop])]
+        items, _ = model.beam_search(examples.histories[start:stop], model.config.beam_size, exclude)
         gold = pad_gold(examples.gold[start:stop])
         ranks.append(list_ranks(items.cpu(), gold))
         masks.append(gold >= 0)
