@@ -130,6 +130,8 @@ OTHER_COMMANDS = {
                        "num_tokens", ["--token-dim", "8", "--pretrain-epochs", "1", "--set", "pretrain_lr=0.01"]),
     "tokenize health": (["tokenize", "health", "--table", "t"], "--max-pairwise-items", "max_pairwise_items",
                         ["--threshold", "0.9", "--set", "threshold=0.95"]),
+    "tune rere": (["tune", "rere", "--bundle", "b", "--data", "d"], "--rere.group_size", "rere.group_size",
+                  ["--out", "o", "--set", "rere.lr=0.00002", "--rere.sampling=sample"]),
     "serve": (["serve", "--bundle", "b"], "--max-batch-size", "batcher.max_batch_size",
               ["--max-wait-ms", "1", "--index", "hnsw", "--port", "9000", "--admin-token-file", "t", "--set", "index.nprobe=4"]),
 }

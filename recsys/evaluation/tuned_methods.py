@@ -136,7 +136,8 @@ def tune_tiger_method(spec: MethodSpec, seed: int, context: MethodContext) -> Tr
     else:
         extra = json.loads((folder / "config.json").read_text()).get("extra", {})
         supervised_seconds, epochs = extra.get("train_seconds", float("nan")), extra.get("epochs_run") or 1
-    result = tune_tiger(folder, context.data.root, config, context.work_dir / "models" / f"{spec.name}-seed{seed}")
+    result = tune_tiger(folder, context.data.root, config, context.work_dir / "models" / f"{spec.name}-seed{seed}",
+                        exclude_history=context.exclude_history)
     tuned = load_tiger(result.bundle_dir).eval()
     users = len(context.data.train_sequences())
     rec = RankingRecommender(spec.name, tuned.rank, tuned.num_items, max_k=tuned.config.beam_size)

@@ -13,42 +13,14 @@ when the bundle's training run is recorded next to it.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from recsys.config import ConfigCommand
 from recsys.errors import ConfigError
-from recsys.training.setrec_config import TrackingConfig
-from recsys.tuning.rere import ReReConfig
-
-
-@dataclass
-class TuneJobConfig:
-    """Settings of ``recsys tune rere`` (parsed through :mod:`recsys.config`)."""
-
-    bundle: str = ""
-    """The trained model: a set-identifier bundle folder or a saved TIGER folder."""
-    data: str = ""
-    """The prepared dataset the model was trained on."""
-    out_dir: str = "runs/rere"
-    """Output folder: the tuned model and result.json."""
-    rere: ReReConfig = field(default_factory=ReReConfig)
-    """ReRe settings (Tan et al., arXiv 2510.12211)."""
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="tuning-rere"))
-    """MLflow tracking of the tuning run."""
-    torch_threads: int | None = None
-    """Intra-op threads of torch (None keeps torch's default)."""
-
-    def validate(self) -> None:
-        for key in ("bundle", "data"):
-            if not getattr(self, key):
-                raise ConfigError(f"{key}: required (--{key} PATH)")
-        if not Path(self.bundle).is_dir():
-            raise ConfigError(f"bundle: {self.bundle} is not a folder (a bundle written by `recsys train` or a saved TIGER model)")
 
 
 TUNE = ConfigCommand(
-    "recsys tune rere", TuneJobConfig,
+    "recsys tune rere", "recsys.tuning.config:TuneJobConfig",
     "ReRe-tune a trained set-identifier bundle or TIGER model on the train split (valid-only step selection); "
     "writes the tuned model and result.json to --out and logs an MLflow run linked to the supervised run.",
     {"--bundle": "bundle", "--data": "data", "--out": "out_dir"},
@@ -68,8 +40,8 @@ def model_kind(bundle: str | Path) -> str:
                       f"({tiger_training.CONFIG_FILE} + {tiger_training.WEIGHTS_FILE})")
 
 
-def parse_tune_args(argv: list[str]) -> TuneJobConfig:
-    """``recsys tune rere`` arguments -> a validated TuneJobConfig.
+def parse_tune_args(argv: list[str]):
+    """``recsys tune rere`` arguments -> a validated :class:`recsys.tuning.config.TuneJobConfig`.
 
     Example:
         >>> parse_tune_args(["--bundle", "runs/setrec/bundle", "--data", "runs/data/ml-100k", "--rere.lr=2e-5"]).rere.lr

@@ -207,14 +207,15 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
         raise ArtifactError(f"{bundle_dir}: trained on dataset {info.manifest.get('dataset_fingerprint')}, but {data_dir} "
                             f"is {data.fingerprint}; tune on the dataset the bundle was trained on")
     trained = info.config
+    selector = info.history_selector() if hasattr(info, "history_selector") else None  # the bundle's long-history rule
     datamodule = SetRecDataModule(data, info.max_len, config.batch_size, int(trained.get("eval_batch_size", 256)),
-                                  config.seed, 0, "all_prefix", int(trained.get("window_stride", 0) or 0))
+                                  config.seed, 0, "all_prefix", int(trained.get("window_stride", 0) or 0), selector=selector)
     exclude_history = bool(trained.get("exclude_history", True))
     allowed = torch.from_numpy(data.train_item_mask()) if trained.get("negatives", "train") == "train" else None
     windows = datamodule.train
     indices = (last_window_indices(windows, data.train_sequences()) if config.windows == "last"
                else np.arange(len(windows)))
-    prefixes = int(sum(int((windows([int(i)])[1] >= 0).sum()) for i in indices))
+    prefixes = int((np.asarray(windows.ends)[indices] - np.asarray(windows.firsts)[indices] + 1).sum())  # scored targets
     beta = float(info.beta)
 
     reference = copy.deepcopy(model).eval()
