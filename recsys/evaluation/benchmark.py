@@ -69,6 +69,7 @@ def run_benchmark(
     log_to_mlflow: bool = True,
     log=print,
     command: str | None = None,
+    run_only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every method with every seed; write JSON, markdown and plots.
 
@@ -78,6 +79,8 @@ def run_benchmark(
         log_to_mlflow: one parent run (experiment ``benchmark-quality``) with a nested run per method and seed.
         log: progress printer.
         command: the command line that started the run (written into the report and table).
+        run_only: names of the methods to run (None: all); the others stay in the config, so a tuned method's
+            ``start`` is known (its saved model is reused) without being run.
 
     Returns:
         The report written to ``quality-<dataset>.json``.
@@ -103,7 +106,8 @@ def run_benchmark(
         per_user_dir = Path(config.work_dir) / "per_user"
         per_user_dir.mkdir(parents=True, exist_ok=True)
         all_runs: dict[str, list[SeedRun]] = {}
-        for spec in config.methods:
+        selected = [spec for spec in config.methods if run_only is None or spec.name in run_only]
+        for spec in selected:
             all_runs[spec.name] = []
             for seed in config.seeds:
                 child = tracker.child(f"{spec.name}-seed{seed}", {"method": spec.name, "kind": spec.kind, "seed": seed,
@@ -127,7 +131,7 @@ def run_benchmark(
                     f"{result.seconds_per_1000_users:.3f} s/1000 users, trained in {trained.train_seconds:.1f} s")
             # the report so far: a run cut short still leaves every finished method on disk
             files = _write_outputs(config, all_runs, data, examples, tracker, started, command, out_dir,
-                                   complete=spec is config.methods[-1], refused=context.refused)
+                                   complete=spec is selected[-1], refused=context.refused)
         report = json.loads(files[0].read_text())
         if tracker.enabled:
             flat = {}

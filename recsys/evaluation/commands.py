@@ -249,17 +249,21 @@ def run_quality(args: argparse.Namespace) -> int:
         if not 1 <= options.seeds <= len(config.seeds):
             raise ConfigError(f"--seeds must lie in 1..{len(config.seeds)} (the config lists seeds {config.seeds})")
         config.seeds = config.seeds[: options.seeds]
+    run_only = None
     if options.methods:
         wanted = [name.strip() for name in options.methods.split(",") if name.strip()]
         known = {m.name: m for m in config.methods}
         unknown = [name for name in wanted if name not in known]
         if unknown:
             raise ConfigError(f"--methods: {unknown} are not in the config (methods: {sorted(known)})")
-        config.methods = [known[name] for name in wanted]
+        # the starting points of listed tuned methods stay in the config (their saved models are reused, not rerun)
+        needed = set(wanted) | {known[name].start for name in wanted if known[name].start}
+        config.methods = [m for m in config.methods if m.name in needed]
+        run_only = [m.name for m in config.methods if m.name in wanted]
     if options.work_dir:
         config.work_dir = options.work_dir
     command = "recsys benchmark quality " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["benchmark", "quality"] else None
-    report = run_benchmark(config, out_dir=options.out, log_to_mlflow=not options.no_mlflow, command=command)
+    report = run_benchmark(config, out_dir=options.out, log_to_mlflow=not options.no_mlflow, command=command, run_only=run_only)
     eff = report.get("efficiency") or {}
     print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.dataset} in {report['meta']['seconds']} s"
           + (f"; beam search / set identifiers inference time: {eff['beam_over_reference']:.1f}x" if eff else ""))

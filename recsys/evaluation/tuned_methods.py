@@ -59,14 +59,19 @@ def _per_1000_users(seconds: float, epochs: float, users: int) -> float:
 
 def reusable_setrec_bundle(start: MethodSpec, seed: int, context: MethodContext) -> Path | None:
     """The starting point's bundle of ``seed`` when it exists and was trained with the config of today's run."""
-    from recsys.bundle import read_config
+    from recsys.bundle import CONFIG
+    from recsys.errors import SetrecError
     from recsys.training.job import BUNDLE, load_train_config
 
     bundle = context.work_dir / "models" / f"{start.name}-seed{seed}" / BUNDLE
     if not (bundle / "manifest.json").is_file():
         return None
     wanted = load_train_config(context.setrec_config, overrides=setrec_overrides(start, seed, context)).to_dict()
-    return bundle if _normalised(read_config(bundle)) == _normalised(wanted) else None
+    try:  # read back through the config path: keys added since the bundle was written take their defaults
+        saved = load_train_config(str(bundle / CONFIG)).to_dict()
+    except SetrecError:
+        return None
+    return bundle if _normalised(saved) == _normalised(wanted) else None
 
 
 def tune_setrec_method(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMethod:
