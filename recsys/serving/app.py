@@ -17,7 +17,8 @@ Every recommend query goes through the :class:`~recsys.serving.batcher.MicroBatc
 unavailable, not ready) is a JSON ``{"detail", "field"}`` answer with ``Retry-After``, counted in
 ``setrec_errors_total``. Bodies over 1 MiB are answered 413 before parsing; validation errors
 are 422 with the offending field in ``field`` and ``detail``; request types are strict (a
-string or a boolean is not an integer). Unexpected exceptions become a 500 answer and a
+string or a boolean is not an integer); a history longer than ``AppConfig.max_history`` ids (default
+10,000, ``recsys serve --max-history``) is a 422 naming ``history``. Unexpected exceptions become a 500 answer and a
 metric, never a dead process. ``/docs`` is off (it would load scripts from a public CDN); the
 schema is at ``/openapi.json``. While draining (:class:`Drain`, set by ``recsys serve`` on
 SIGTERM) every answer carries ``Connection: close``.
@@ -49,6 +50,7 @@ from recsys.serving.batcher import BatcherConfig, MicroBatcher, QueueFullError
 from recsys.serving.catalogue import Catalogue, CatalogueStore, CatalogueUnavailableError, DuplicateItemError
 from recsys.serving.metrics import ServiceMetrics
 from recsys.serving.schemas import (
+    DEFAULT_MAX_HISTORY,
     MAX_BODY_BYTES,
     MAX_ID_CHARS,
     BatchRecommendRequest,
@@ -60,6 +62,7 @@ from recsys.serving.schemas import (
     NewItem,
     RecommendRequest,
     RecommendResponse,
+    request_models,
 )
 from recsys.serving.service import (
     NoKnownHistoryError,
@@ -97,6 +100,9 @@ class AppConfig:
     """Bearer token of the catalogue endpoints; None disables them (403)."""
     max_body_bytes: int = MAX_BODY_BYTES
     """Largest request body; larger ones are answered 413."""
+    max_history: int = DEFAULT_MAX_HISTORY
+    """Most item ids in one request's history (``ServeConfig.max_history``); longer ones are answered 422 naming
+    ``history`` (``requests.<i>.history`` in a batch). The OpenAPI schema shows it as ``maxItems``."""
     retry_after_s: int = 1
     """Retry-After (seconds) of every 503 answer."""
     max_in_flight: int | None = None
@@ -259,6 +265,7 @@ def create_app(recommender: Recommender, config: AppConfig | None = None, catalo
         ...     client.post("/v1/recommend", json={"history": ["50"], "k": 3}).json()["items"]
     """
     config = config or AppConfig()
+    single_request, batch_request = request_models(config.max_history)
     if catalogue is None:
         catalogue = Catalogue(recommender, CatalogueStore("sqlite://", recommender.dataset_fingerprint), poll_s=0)
     metrics = ServiceMetrics()
@@ -308,6 +315,9 @@ def create_app(recommender: Recommender, config: AppConfig | None = None, catalo
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         details = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()]
+        for detail in details:  # say which setting bounds a history, so a client knows it is the server's limit
+            if detail["type"] == "too_long" and detail["loc"] and detail["loc"][-1] == "history":
+                detail["msg"] = f"{detail['msg']} (the service's max_history is {config.max_history} ids)"
         first = details[0]["loc"] if details else ()
         field = ".".join(str(part) for part in first if part != "body") or "body"
         metrics.error(_endpoint(request.url.path), "validation")
@@ -331,7 +341,6 @@ def create_app(recommender: Recommender, config: AppConfig | None = None, catalo
     def _query(body: RecommendRequest) -> Query:
         return Query(body.history, body.k, body.exclude_history, body.exclude, body.candidates)
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, responses=errors, tags=["recommend"])
     async def recommend(body: RecommendRequest):
         """Top-k items for one history of source item ids (oldest first)."""
         try:
@@ -343,7 +352,6 @@ def create_app(recommender: Recommender, config: AppConfig | None = None, catalo
             return _error(422, str(error), "history")
         return JSONResponse(_answer(result))
 
-    @app.post("/v1/recommend/batch", response_model=BatchRecommendResponse, responses=errors, tags=["recommend"])
     async def recommend_batch(body: BatchRecommendRequest):
         """Several recommend requests at once; answers in order. 422 names the first request whose history is unknown."""
         try:
@@ -359,6 +367,13 @@ def create_app(recommender: Recommender, config: AppConfig | None = None, catalo
             if isinstance(result, BaseException):
                 raise result
         return JSONResponse({"results": [_answer(r) for r in results]})
+
+    # The request bodies carry this app's history limit (AppConfig.max_history): FastAPI reads the body type
+    # from the annotation, so it is set to the app's models before the routes are added.
+    recommend.__annotations__["body"] = single_request
+    recommend_batch.__annotations__["body"] = batch_request
+    app.post("/v1/recommend", response_model=RecommendResponse, responses=errors, tags=["recommend"])(recommend)
+    app.post("/v1/recommend/batch", response_model=BatchRecommendResponse, responses=errors, tags=["recommend"])(recommend_batch)
 
     def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         """Declares the bearer scheme in the OpenAPI schema; the token itself is checked by the

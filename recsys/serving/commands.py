@@ -3,7 +3,7 @@
 Commands:
     recsys serve --model models:/setrec@champion --engine torch --host 127.0.0.1 --port 8000
     recsys serve --bundle bundles/setrec-ml100k --engine vllm --admin-token-file admin.token \
-        --max-batch-size 32 --max-wait-ms 2 --max-queue 1024 \
+        --max-batch-size 32 --max-wait-ms 2 --max-queue 1024 --max-history 10000 \
         --catalogue postgresql://setrec@db.internal/setrec --catalogue-poll-s 1
     recsys serve --config serve.yaml --set index.kind=hnsw --print_config
 
@@ -42,7 +42,8 @@ SERVE = ConfigCommand(
     "Serve a trained bundle (--bundle DIR) or a registered model (--model models:/NAME@ALIAS) as a ranking service.",
     {"--admin-token-file": "admin_token_file", "--catalogue-poll-s": "catalogue_poll_s", "--text-encoder": "text_encoder",
      "--max-batch-size": "batcher.max_batch_size", "--max-wait-ms": "batcher.max_wait_ms", "--max-queue": "batcher.max_queue",
-     "--max-in-flight": "max_in_flight", "--drain-s": "drain_s", "--index": "index.kind", "--log-level": "log_level"},
+     "--max-in-flight": "max_in_flight", "--drain-s": "drain_s", "--index": "index.kind", "--log-level": "log_level",
+     "--max-history": "max_history"},
 )
 
 
@@ -113,7 +114,7 @@ def build_app(config: ServeConfig):
         recommender.close()
         raise
     app_config = AppConfig(batcher=config.batcher, admin_token=token, close_recommender=True,
-                           max_in_flight=config.max_in_flight or 4 * config.batcher.max_queue)
+                           max_in_flight=config.max_in_flight or 4 * config.batcher.max_queue, max_history=config.max_history)
     return create_app(recommender, app_config, catalogue)
 
 

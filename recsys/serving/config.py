@@ -16,6 +16,7 @@ from typing import Literal
 from recsys.errors import ConfigError
 from recsys.serving.batcher import BatcherConfig
 from recsys.serving.index import IndexConfig
+from recsys.serving.schemas import DEFAULT_MAX_HISTORY
 
 DEFAULT_CATALOGUE = "sqlite:///setrec-catalogue.db"
 
@@ -55,6 +56,13 @@ class ServeConfig:
     """On shutdown, longest wait for open connections to close."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """The FAISS index (--index exact|ivf|hnsw is index.kind; exact ranks like the model)."""
+    max_history: int = DEFAULT_MAX_HISTORY
+    """Most item ids in one request's history (longer requests are answered 422 naming ``history``). The model
+    reads ``max_len`` of them, chosen by the bundle's history selection (the most recent, or with
+    ``history.selection: dare`` the recent ones plus the older ones most relevant to them), so longer histories
+    cost parsing, id lookups and the selection (under 1 ms at 10,000 ids), not model time: benchmarks/RESULTS.md,
+    "Long histories", measured a 10,000-id history at 1.5-1.6x the p50 of a 50-id one. The 1 MiB body limit
+    still applies (10,000 ids of up to ~100 characters fit)."""
     threads: int = 1
     """Torch and FAISS threads per engine call (default 1: on a shared 2-core CPU, 2 threads made one query ~100x
     slower through OpenMP spin-waits; batching gives the throughput); 0 keeps the libraries' defaults."""
@@ -67,6 +75,8 @@ class ServeConfig:
             raise ConfigError("bundle: give exactly one of --bundle DIR or --model models:/NAME@ALIAS")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port: must be 1..65535, got {self.port}")
+        if self.max_history < 1:
+            raise ConfigError(f"max_history: must be >= 1, got {self.max_history}")
         for key in ("catalogue_poll_s", "max_in_flight", "drain_s", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")

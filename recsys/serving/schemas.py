@@ -2,7 +2,10 @@
 
 The limits are part of the OpenAPI schema, so clients (and the property tests) see them:
 a request past a limit is answered 422 naming the field (``loc`` in the error detail);
-a body past :data:`MAX_BODY_BYTES` is answered 413 before it is parsed. Every request model
+a body past :data:`MAX_BODY_BYTES` is answered 413 before it is parsed. The history limit is a
+service setting (``recsys serve --max-history N``, default :data:`DEFAULT_MAX_HISTORY`):
+:func:`request_models` builds the request models of an app with its limit, and the app's
+OpenAPI schema shows that limit. Every request model
 is strict (pydantic strict mode, unknown fields refused): ``"k": "5"``, ``"k": true``,
 ``"exclude_history": "yes"`` or ``0`` are 422, not coerced.
 
@@ -19,8 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 #: Largest request body, in bytes (1 MiB).
 MAX_BODY_BYTES = 1 << 20
-#: Most item ids in one history (the model keeps only its last ``max_len`` of them).
-MAX_HISTORY = 1000
+#: Default of the most item ids in one history (``ServeConfig.max_history``); the model reads ``max_len`` of
+#: them, chosen by the bundle's long-history selection (the most recent, or recent plus DARE-searched older ones).
+#: 10,000 ids of up to ~100 characters fit in :data:`MAX_BODY_BYTES`.
+DEFAULT_MAX_HISTORY = 10_000
+#: The history limit of the default request models (kept for importers; an app's limit is ``AppConfig.max_history``).
+MAX_HISTORY = DEFAULT_MAX_HISTORY
 #: Most items one request may ask for.
 MAX_K = 1000
 #: Most ids in an exclude list or a candidate list.
@@ -35,6 +42,12 @@ MAX_TITLE_CHARS = 1000
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 
 
+_HISTORY_DESCRIPTION = (
+    "Source item ids the user interacted with, oldest first (at most the service's max_history; the model reads "
+    "max_len of them, chosen by the bundle's history selection)."
+)
+
+
 class _Strict(BaseModel):
     """Base of every request model: strict types (no coercion between str, int, float, bool), no extra fields."""
 
@@ -44,9 +57,7 @@ class _Strict(BaseModel):
 class RecommendRequest(_Strict):
     """One user's request: their history (source item ids, oldest first) and filters."""
 
-    history: list[ItemId] = Field(
-        ..., min_length=1, max_length=MAX_HISTORY, description="Source item ids the user interacted with, oldest first."
-    )
+    history: list[ItemId] = Field(..., min_length=1, max_length=DEFAULT_MAX_HISTORY, description=_HISTORY_DESCRIPTION)
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     exclude_history: bool = Field(True, description="Leave the history's items out of the answer.")
     exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_FILTER_IDS, description="Item ids never to return.")
@@ -84,6 +95,43 @@ class RecommendResponse(BaseModel):
     unknown_items: list[str] = Field(
         default_factory=list, description="Ids of the request not in the catalogue; they were ignored."
     )
+
+
+def request_models(max_history: int = DEFAULT_MAX_HISTORY) -> tuple[type[RecommendRequest], type[BatchRecommendRequest]]:
+    """``(RecommendRequest, BatchRecommendRequest)`` whose histories hold at most ``max_history`` ids.
+
+    The default limit gives the module's classes themselves; another limit gives subclasses of the same
+    names (so the OpenAPI schema keeps its component names) with that ``maxItems``.
+
+    Raises:
+        ConfigError: ``max_history`` is below 1.
+
+    Example:
+        >>> Single, Batch = request_models(50)
+        >>> Single.model_json_schema()["properties"]["history"]["maxItems"]
+        50
+    """
+    from pydantic import create_model
+
+    from recsys.errors import ConfigError
+
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+        raise ConfigError(f"max_history: must be an integer >= 1, got {max_history!r}")
+    if max_history == DEFAULT_MAX_HISTORY:
+        return RecommendRequest, BatchRecommendRequest
+    single = create_model(
+        "RecommendRequest",
+        __base__=RecommendRequest,
+        __doc__=RecommendRequest.__doc__,
+        history=(list[ItemId], Field(..., min_length=1, max_length=max_history, description=_HISTORY_DESCRIPTION)),
+    )
+    batch = create_model(
+        "BatchRecommendRequest",
+        __base__=BatchRecommendRequest,
+        __doc__=BatchRecommendRequest.__doc__,
+        requests=(list[single], Field(..., min_length=1, max_length=MAX_BATCH)),
+    )
+    return single, batch
 
 
 class BatchRecommendResponse(BaseModel):

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from recsys.serving.app import AppConfig, create_app
 from recsys.serving.batcher import BatcherConfig
-from recsys.serving.schemas import MAX_BODY_BYTES
+from recsys.serving.schemas import DEFAULT_MAX_HISTORY, MAX_BODY_BYTES
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_unknown_history_and_limits_are_4xx_naming_the_field(client):
         ({"history": ["1"], "k": 0}, "k"),
         ({"history": ["1"], "k": 1001}, "k"),
         ({"history": []}, "history"),
-        ({"history": ["1"] * 1001}, "history"),
+        ({"history": ["1"] * (DEFAULT_MAX_HISTORY + 1)}, "history"),
         ({"history": ["1"], "surprise": 1}, "surprise"),
         ({"history": [1]}, "history.0"),
         ({"requests": []}, "history"),
@@ -88,6 +88,55 @@ def test_unknown_history_and_limits_are_4xx_naming_the_field(client):
     answer = client.post("/v1/recommend", content=huge, headers={"content-type": "application/json"})
     assert answer.status_code == 413 and answer.json()["field"] == "body"
     assert client.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_history_limit_is_the_max_history_setting(client, qwen_recommender, heldout):
+    """Histories up to max_history ids (default 10,000) are answered; one more id is a 422 naming the field,
+    whose message names the setting; an app's own limit is what its OpenAPI schema and validation use."""
+    rec = qwen_recommender
+    users = [source_ids(rec, h) for h in heldout.histories[:40]]
+    long = [item for user in users for item in user]
+    long = (long * (DEFAULT_MAX_HISTORY // len(long) + 1))[:DEFAULT_MAX_HISTORY]
+    answered = client.post("/v1/recommend", json={"history": long, "k": 5})
+    assert answered.status_code == 200, answered.text
+    assert len(ids_of(answered.json())) == 5 and not set(ids_of(answered.json())) & set(long)
+    refused = client.post("/v1/recommend", json={"history": long + ["1"], "k": 5})
+    assert refused.status_code == 422 and refused.json()["field"] == "history"
+    assert f"max_history is {DEFAULT_MAX_HISTORY}" in refused.json()["detail"][0]["msg"]
+    batch = client.post("/v1/recommend/batch", json={"requests": [{"history": ["1"]}, {"history": long + ["1"]}]})
+    assert batch.status_code == 422 and batch.json()["field"] == "requests.1.history"
+    app = create_app(rec, AppConfig(max_history=5))
+    with TestClient(app) as local:
+        assert local.post("/v1/recommend", json={"history": long[:5], "k": 3}).status_code == 200
+        over = local.post("/v1/recommend", json={"history": long[:6], "k": 3})
+        assert over.status_code == 422 and over.json()["field"] == "history"
+        assert "max_history is 5" in over.json()["detail"][0]["msg"]
+        over_batch = local.post("/v1/recommend/batch", json={"requests": [{"history": long[:5]}, {"history": long[:6]}]})
+        assert over_batch.status_code == 422 and over_batch.json()["field"] == "requests.1.history"
+        assert local.post("/v1/recommend", json={"history": long[:5], "k": "3"}).status_code == 422  # still strict
+        assert local.post("/v1/recommend", json={"history": long[:5], "surprise": 1}).json()["field"] == "surprise"
+        schema = local.get("/openapi.json").json()["components"]["schemas"]
+        assert schema["RecommendRequest"]["properties"]["history"]["maxItems"] == 5
+        assert "BatchRecommendRequest" in schema
+
+
+def test_recsys_serve_max_history_setting_reaches_the_app(qwen_bundle):
+    from recsys.errors import ConfigError
+    from recsys.serving.commands import build_app, parse_serve_args
+
+    assert parse_serve_args(["--bundle", "b"]).max_history == DEFAULT_MAX_HISTORY
+    config = parse_serve_args(["--bundle", str(qwen_bundle), "--max-history", "7", "--catalogue", "sqlite://", "--threads", "0"])
+    with pytest.raises(ConfigError, match="--max-history.*max_history: must be >= 1"):
+        parse_serve_args(["--bundle", "b", "--max-history", "0"])
+    app = build_app(config)
+    try:
+        assert app.state.config.max_history == 7
+        with TestClient(app) as local:
+            schema = local.get("/openapi.json").json()["components"]["schemas"]
+            assert schema["RecommendRequest"]["properties"]["history"]["maxItems"] == 7
+            assert local.post("/v1/recommend", json={"history": ["1"] * 8}).json()["field"] == "history"
+    finally:
+        app.state.recommender.close()
 
 
 def test_batch_endpoint_equals_single_requests(client):
@@ -188,7 +237,7 @@ def test_metrics_expose_requests_latency_batches_and_errors(client):
     assert 'setrec_errors_total{endpoint="/v1/recommend",kind="validation"}' in text
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["RecommendRequest"]["properties"]
-    assert request["k"]["maximum"] == 1000 and request["history"]["maxItems"] == 1000
+    assert request["k"]["maximum"] == 1000 and request["history"]["maxItems"] == DEFAULT_MAX_HISTORY == 10_000
     assert json.dumps(schema)  # serialisable
 
 
