@@ -42,7 +42,10 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
 
     config = load_benchmark_config(REPO / "configs" / name)
     kinds = [m.kind for m in config.methods]
-    assert kinds.count("setrec") == (6 if name == "bench-industrial.yaml" else 5)
+    assert kinds.count("setrec") == 7
+    tuned = {m.name: (m.kind, m.tune, m.start) for m in config.methods if m.tune}  # issue 16: ReRe on both generative models
+    assert tuned == {"setrec-rere": ("setrec", "rere", "setrec"), "tiger-rere": ("tiger", "rere", "tiger")}
+    assert config.rere["group_size"] >= 2 and config.rere["windows"] == "last"
     assert {"popularity", "sasrec", "tiger", "text"} <= set(kinds)
     assert len(config.seeds) == 3 and config.reference == "setrec" and config.beam_method == "tiger"
     assert config.tiger["beam_size"] == 20
@@ -58,7 +61,13 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
         assert ablations["setrec-cold-cf-zero"] == {"cold_cf": "zero"}
     aligned = {m.name: m.overrides for m in config.methods if m.kind == "sasrec"}
     assert aligned["sasrec-rlmrec-con"] == {"align": "con"} and aligned["sasrec-rlmrec-gen"] == {"align": "gen"}
-    assert [m.name for m in config.methods][-2:] == ["sasrec-rlmrec-con", "sasrec-rlmrec-gen"]
+    assert aligned["sasrec-dare"] == {"embeddings": "decoupled"}  # issue 17
+    if name == "bench-ml100k.yaml":
+        assert aligned["sasrec-dare-200"] == {"max_len": 200, "embeddings": "decoupled"} and aligned["sasrec-200"] == {"max_len": 200}
+        assert ablations["setrec-dare"] == {"history.selection": "dare", "history.search_k": 5}
+    names = [m.name for m in config.methods]
+    assert names.index("sasrec-rlmrec-gen") == names.index("sasrec-rlmrec-con") + 1
+    assert names.index("setrec-rere") > names.index("setrec") and names.index("tiger-rere") > names.index("tiger")
 
 
 def test_aligned_sasrec_needs_the_text_embeddings(tmp_path):
