@@ -172,13 +172,19 @@ def jsonable(value: Any) -> Any:
 
 def build_report(config: BenchmarkConfig, all_runs: dict[str, list[SeedRun]], meta: dict[str, Any]) -> dict[str, Any]:
     """The JSON report: one entry per method, then ``paired``, ``tuned`` (tuned methods minus their starting points,
-    when the config has tuned methods), ``efficiency``, ``seeds`` and ``meta``."""
+    when the config has tuned methods), ``compared`` (methods minus their ``compare_to``, when given), ``efficiency``,
+    ``seeds`` and ``meta``."""
     ks, samples = list(config.evaluation.ks), config.evaluation.bootstrap_samples
     report: dict[str, Any] = {name: summarise_method(runs, ks, samples) for name, runs in all_runs.items()}
     report["paired"] = {"reference": config.reference, "vs": paired_comparisons(all_runs, config.reference, ks, samples)}
     starts = {m.name: m.start for m in config.methods if m.tune is not None}
     if starts:
         report["tuned"] = tuned_comparisons(starts, all_runs, ks, samples)
+    against = {m.name: m.compare_to for m in config.methods if m.compare_to is not None}
+    if against:
+        report["compared"] = {name: {"against": other, "vs": _paired(all_runs[name], all_runs[other], ks, samples,
+                                                                      "p_method_not_better")}
+                              for name, other in against.items() if name in all_runs and other in all_runs}
     report["efficiency"] = efficiency(report, config.reference, config.beam_method)
     report["seeds"] = {
         name: [{"seed": run.seed, "test": run.result.summary["all"], "cold": run.result.summary.get("cold", {}),

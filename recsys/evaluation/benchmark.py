@@ -108,6 +108,10 @@ def run_benchmark(
         all_runs: dict[str, list[SeedRun]] = {}
         selected = [spec for spec in config.methods if run_only is None or spec.name in run_only]
         for spec in selected:
+            if spec.start and spec.start not in {s.name for s in selected}:
+                log(f"{spec.name}: its start {spec.start!r} is not run here; the tuned-minus-start interval needs both "
+                    f"runs: recsys benchmark merge --run <this report>:<work_dir> --run <{spec.start}'s report>:<same work_dir>")
+        for spec in selected:
             all_runs[spec.name] = []
             for seed in config.seeds:
                 child = tracker.child(f"{spec.name}-seed{seed}", {"method": spec.name, "kind": spec.kind, "seed": seed,

@@ -22,7 +22,7 @@ from recsys.errors import ConfigError
 from recsys.evaluation.methods import MethodSpec
 
 #: Keys of the report that are not method names.
-RESERVED_KEYS = ("meta", "paired", "tuned", "efficiency", "seeds")
+RESERVED_KEYS = ("meta", "paired", "tuned", "compared", "efficiency", "seeds")
 
 
 @dataclass
@@ -135,9 +135,12 @@ class BenchmarkConfig:
         if reserved:
             raise ConfigError(f"methods: {reserved} are reserved report keys; rename the method")
         for i, method in enumerate(self.methods):
+            earlier = {m.name: m for m in self.methods[:i]}
+            if method.compare_to is not None and method.compare_to not in earlier:
+                raise ConfigError(f"methods[{i}] ({method.name}).compare_to: {method.compare_to!r} must name a method "
+                                  f"listed before it (earlier methods: {sorted(earlier)})")
             if method.tune is None:
                 continue
-            earlier = {m.name: m for m in self.methods[:i]}
             start = earlier.get(method.start)
             if start is None or start.kind != method.kind or start.tune is not None:
                 raise ConfigError(f"methods[{i}] ({method.name}).start: {method.start!r} must name a supervised "

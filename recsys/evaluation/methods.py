@@ -46,6 +46,9 @@ class MethodSpec:
     start: str | None = None
     """Tuned methods: the (supervised) method of the same kind whose model of the same seed is tuned; it is
     reused from ``<work_dir>/models`` when its saved config equals the one it would be trained with now."""
+    compare_to: str | None = None
+    """A method listed before this one that the report pairs it with (``compared``: this method minus that one,
+    paired bootstrap on the same users), e.g. ``sasrec-dare`` against ``sasrec``."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -177,7 +180,8 @@ def train_tiger(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedM
     seconds = time.perf_counter() - start
     model = result.model.eval()
     model_dir = context.work_dir / "models" / f"{spec.name}-seed{seed}"  # kept for tuned methods (tune: rere)
-    save_tiger(model, model_dir, extra={"train_seconds": seconds, "epochs_run": result.epochs_run})
+    save_tiger(model, model_dir, extra={"train_seconds": seconds, "epochs_run": result.epochs_run,
+                                        "dataset": context.data.fingerprint})
     rec = RankingRecommender(spec.name, model.rank, model.num_items, max_k=config.beam_size)
     t5 = model.t5.config
     info = {

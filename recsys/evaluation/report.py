@@ -31,7 +31,7 @@ TABLE_COLUMNS = (
     ("warm_only/recall@20", "warm Recall@20 (warm items only)"),
 )
 PLOT_METRICS = ("ndcg@10", "recall@10", "recall@20", "cold/recall@20", "cold_only/recall@20")
-NON_METHOD_KEYS = ("meta", "paired", "tuned", "efficiency", "seeds")
+NON_METHOD_KEYS = ("meta", "paired", "tuned", "compared", "efficiency", "seeds")
 
 
 def methods_of(report: dict[str, Any]) -> list[str]:
@@ -117,6 +117,22 @@ def benchmark_markdown(report: dict[str, Any], command: str | None = None) -> st
                          f"{_fmt(diffs.get('ndcg@10', {}).get('p_tuned_not_better'), 3)} | "
                          f"{_fmt(info.get('tune_seconds_per_1000_users_per_epoch'), 1)} | "
                          f"{_fmt(info.get('supervised_seconds_per_1000_users_per_epoch'), 1)} |")
+    compared = report.get("compared", {})
+    if compared:
+        lines += ["", "Methods minus the method they are compared to (paired bootstrap, same users; 95% interval; "
+                      "p = share of resamples where the method is not ahead):", "",
+                  "| method | against | NDCG@10 diff | Recall@20 diff | p (NDCG@10) |", "|---|---|---|---|---|"]
+        for name, entry in compared.items():
+            diffs = entry.get("vs", {})
+
+            def c(key: str) -> str:
+                item = diffs.get(key, {})
+                if item.get("diff") is None:
+                    return "n/a"
+                return f"{item['diff']:+.4f} [{_fmt(item['ci'][0])}, {_fmt(item['ci'][1])}]"
+
+            lines.append(f"| {name} | {entry.get('against')} | {c('ndcg@10')} | {c('recall@20')} | "
+                         f"{_fmt(diffs.get('ndcg@10', {}).get('p_method_not_better'), 3)} |")
     eff = report.get("efficiency", {})
     if eff:
         lines += ["", f"Inference (batched, per 1,000 users): {eff['reference']} {_fmt(eff['reference_seconds_per_1000_users'], 3)} s, "

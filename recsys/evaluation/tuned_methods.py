@@ -8,9 +8,10 @@ tuning reads the train split only and keeps the step with the best valid NDCG@10
 (:mod:`recsys.tuning`); the report pairs each tuned method with its starting point
 (``recsys.evaluation.aggregate``).
 
-Cost, in the method's ``info``: ``tune_seconds_per_1000_users_per_epoch`` (optimiser steps only)
-next to ``supervised_seconds_per_1000_users_per_epoch`` (the starting point's training, validation
-included, over its epochs), both per 1,000 users with a train sequence.
+Cost, in the method's ``info``: ``tune_seconds_per_1000_users_per_epoch`` (optimiser steps only, no
+validation) next to ``supervised_seconds_per_1000_users_per_epoch`` (the starting point's whole job
+over its epochs: training, per-epoch validation, the beta grid and the bundle), both per 1,000 users
+with a train sequence; the supervised figure is therefore an upper bound of its training cost.
 
 Example:
     >>> spec = MethodSpec("setrec-rere", "setrec", {"lr": 2e-5}, tune="rere", start="setrec")
@@ -69,9 +70,11 @@ def reusable_setrec_bundle(start: MethodSpec, seed: int, context: MethodContext)
     wanted = load_train_config(context.setrec_config, overrides=setrec_overrides(start, seed, context)).to_dict()
     try:  # read back through the config path: keys added since the bundle was written take their defaults
         saved = load_train_config(str(bundle / CONFIG)).to_dict()
-    except SetrecError:
+        fingerprint = json.loads((bundle / "manifest.json").read_text()).get("dataset_fingerprint")
+    except (SetrecError, OSError, json.JSONDecodeError):
         return None
-    return bundle if _normalised(saved) == _normalised(wanted) else None
+    same = _normalised(saved) == _normalised(wanted) and fingerprint == context.data.fingerprint
+    return bundle if same else None
 
 
 def tune_setrec_method(spec: MethodSpec, seed: int, context: MethodContext) -> TrainedMethod:
@@ -131,7 +134,9 @@ def tune_tiger_method(spec: MethodSpec, seed: int, context: MethodContext) -> Tr
     model = None
     if folder.is_dir():
         saved = load_tiger(folder)
+        extra = json.loads((folder / "config.json").read_text()).get("extra", {})
         same = (_normalised(saved.config.to_dict()) == _normalised(wanted.to_dict())
+                and extra.get("dataset") == context.data.fingerprint
                 and context.semantic_ids is not None and torch.equal(saved.codes.cpu().long(), context.semantic_ids.cpu().long()))
         model = saved if same else None
     reused = model is not None

@@ -5,10 +5,12 @@ prefix ending at position p, ``pi(i) = softmax(s(i) / temperature)`` over the al
 ``s(i) = sum_k w_k <h_k, t_ik>`` is the score the model ranks with (``w`` from the bundle's beta,
 ``h`` the query states of backbone plus history prior, ``t`` the item tokens). Allowed items are
 the softmax candidates of supervised training (items with a train interaction, ``negatives:
-train``) minus the items the prefix has already seen in its window (serving never recommends them).
+train``) minus the items the user has already seen before the prefix's target (serving never
+recommends them; the target itself stays allowed, as in evaluation).
 
 Each step takes windows of the train split (``recsys.training.setrec_data``; the targets of the
-packed all-prefix windows, so one backbone pass scores every prefix of a window), draws a group of
+packed all-prefix windows, so one backbone pass scores every prefix of a window; ``windows: last``
+keeps the windows that score each user's last ``max_len`` train targets, :class:`TuningWindows`), draws a group of
 G items per prefix from the policy (top-G, or sampled without replacement), rewards them with
 :func:`recsys.tuning.rere.rere_rewards` against the prefix's held-out next item, and minimises
 the ReRe loss: the GRPO surrogate on group-normalised advantages plus ``kl_weight`` times the
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.errors import ArtifactError
+from recsys.errors import ArtifactError, ConfigError
 from recsys.tuning.rere import ReReConfig, categorical_kl, rere_loss, rere_rewards, group_advantages, sampled_group, top_group
 
 BUNDLE = "bundle"
@@ -90,6 +92,55 @@ def last_window_indices(windows, sequences: list[list[int]]) -> np.ndarray:
     return np.nonzero(np.isin(ends + 1, boundaries))[0]
 
 
+class TuningWindows:
+    """The train windows tuning reads, with the whole seen history of every scored prefix.
+
+    Args:
+        windows: the training job's packed windows (``WindowBatches`` or, under DARE selection,
+            ``SelectedWindowBatches``): flat ``items`` and per-window ``ends`` / ``firsts``.
+        sequences: each user's train items, oldest first (the order ``windows`` was built from).
+        max_len: items the model reads.
+        which: ``last``: the windows that score any of each user's last ``max_len`` train targets (a user's
+            final window alone may score only the few targets its predecessor left); ``all``: every window.
+
+    Example:
+        >>> tw = TuningWindows(datamodule.train, data.train_sequences(), 20, "last")
+        >>> histories, targets, seen = tw.batch(tw.indices[:64])   # (B, W), (B, W), ((S,), (S,))
+    """
+
+    def __init__(self, windows, sequences: list[list[int]], max_len: int, which: str) -> None:
+        self.windows = windows
+        self.items = np.asarray(windows.items)
+        lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
+        boundaries = np.cumsum(lengths)
+        self.ends = np.asarray(windows.ends)
+        user = np.searchsorted(boundaries, self.ends, side="right")  # a window's inputs end before its user's boundary
+        self.offsets = boundaries[user] - lengths[user]  # flat index of the user's first item
+        last_target = boundaries[user] - 1
+        keep = self.ends >= last_target - max_len + 1 if which == "last" else np.ones(len(self.ends), dtype=bool)
+        self.indices = np.nonzero(keep)[0]
+        self.prefixes = int((self.ends[self.indices] - np.asarray(windows.firsts)[self.indices] + 1).sum())
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows ``indices`` -> ``(histories (B, W), targets (B, W), seen)``.
+
+        ``seen = (prefix, item)``, two (S,) long tensors: every item the user interacted with before prefix t's target
+        (the whole train history up to that point, not only the window), prefixes numbered in the row-major order of
+        ``targets >= 0``.
+        """
+        indices = [int(i) for i in indices]
+        histories, targets = self.windows(indices)
+        width = histories.shape[1]
+        rows = torch.nonzero(targets >= 0).numpy()  # (T, 2): row, position
+        # segments are right-aligned: position p of row b holds flat item ends[b] - width + p
+        target_flat = self.ends[np.asarray(indices)[rows[:, 0]]] - width + rows[:, 1] + 1
+        starts = self.offsets[np.asarray(indices)[rows[:, 0]]]
+        counts = target_flat - starts
+        cols = np.concatenate([self.items[a:b] for a, b in zip(starts, target_flat)]) if len(rows) else np.zeros(0, np.int64)
+        row_ids = np.repeat(np.arange(len(rows)), counts)
+        return histories, targets, (torch.from_numpy(row_ids), torch.from_numpy(cols))
+
+
 def prefix_seen(histories: torch.Tensor, keep: torch.Tensor, num_items: int) -> torch.Tensor:
     """(T, num_items) bool: items at window positions <= p for every kept prefix (b, p).
 
@@ -110,41 +161,51 @@ def prefix_seen(histories: torch.Tensor, keep: torch.Tensor, num_items: int) -> 
 
 
 def policy_log_probs(model, histories: torch.Tensor, targets: torch.Tensor, beta: float, temperature: float,
-                     allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     allowed: torch.Tensor | None, seen: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The policy over the catalogue of every prefix with a target.
 
     Args:
-        model: a :class:`recsys.models.setrec.SetRecModel`.
+        model: a :class:`recsys.models.setrec.SetRecModel` with simultaneous generation (autoregressive queries
+            are teacher-forced with the target, which would leak it into the policy).
         histories: (B, L) window inputs (-1 = padding).
         targets: (B, L) next items (-1 = no target at that position).
         beta: ranking weight of the score dimensions.
         temperature: softmax temperature.
         allowed: (num_items,) bool softmax candidates, or None for all.
+        seen: ``(prefix, item)`` pairs of the items each prefix's user has seen (:meth:`TuningWindows.batch`);
+            None: the items at window positions <= p (:func:`prefix_seen`).
 
     Returns:
-        ``(log_probs (T, N), gold (T,))`` for the T prefixes with a target, row-major; items the prefix has seen
-        and items outside ``allowed`` have log-probability -inf.
+        ``(log_probs (T, N), gold (T,))`` for the T prefixes with a target, row-major. Seen items (except the
+        prefix's own gold item, which evaluation keeps rankable too) and items outside ``allowed`` have
+        log-probability -inf.
     """
     table = model.item_table()
     states = model.query_states(histories, target_items=targets, table=table)  # (B, L, K, d)
     keep = targets >= 0
-    states = states[keep]
+    states, gold = states[keep], targets[keep]
     weights = model.dimension_weights(beta).to(states)
     scores = torch.einsum("tkd,ikd->ti", (states * weights[None, :, None]).float(), table.float()) / temperature
-    hide = prefix_seen(histories, keep, scores.shape[1])
+    if seen is None:
+        hide = prefix_seen(histories, keep, scores.shape[1])
+    else:
+        hide = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        hide[seen[0].to(hide.device), seen[1].to(hide.device)] = True
+    hide[torch.arange(len(gold), device=hide.device), gold] = False
     if allowed is not None:
         hide |= ~allowed.to(hide.device)[None, :]
-    return torch.log_softmax(scores.masked_fill(hide, -math.inf), dim=-1), targets[keep]
+    return torch.log_softmax(scores.masked_fill(hide, -math.inf), dim=-1), gold
 
 
 def rere_step_loss(model, reference, histories: torch.Tensor, targets: torch.Tensor, beta: float,
-                   allowed: torch.Tensor | None, config: ReReConfig, generator: torch.Generator | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   allowed: torch.Tensor | None, config: ReReConfig, generator: torch.Generator | None = None,
+                   seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The ReRe loss of one batch of windows (see the module docstring); keys of :func:`rere_loss` plus ``reward``
     (mean group reward) and ``hit`` (share of groups that hold the held-out item)."""
-    log_probs, gold = policy_log_probs(model, histories, targets, beta, config.temperature, allowed)
+    log_probs, gold = policy_log_probs(model, histories, targets, beta, config.temperature, allowed, seen)
     with torch.no_grad():
-        ref_log_probs, _ = policy_log_probs(reference, histories, targets, beta, config.temperature, allowed)
+        ref_log_probs, _ = policy_log_probs(reference, histories, targets, beta, config.temperature, allowed, seen)
     detached = log_probs.detach()
     group = top_group(detached, config.group_size) if config.sampling == "top" else \
         sampled_group(detached, config.group_size, generator)
@@ -206,16 +267,17 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
     if info.manifest.get("dataset_fingerprint") not in (None, data.fingerprint):
         raise ArtifactError(f"{bundle_dir}: trained on dataset {info.manifest.get('dataset_fingerprint')}, but {data_dir} "
                             f"is {data.fingerprint}; tune on the dataset the bundle was trained on")
+    if model.config.generation != "simultaneous":
+        raise ConfigError(f"{bundle_dir}: ReRe tunes the one-pass (simultaneous) policy; this bundle generates "
+                          f"{model.config.generation!r}, whose queries are teacher-forced with the target item")
     trained = info.config
     selector = info.history_selector() if hasattr(info, "history_selector") else None  # the bundle's long-history rule
     datamodule = SetRecDataModule(data, info.max_len, config.batch_size, int(trained.get("eval_batch_size", 256)),
                                   config.seed, 0, "all_prefix", int(trained.get("window_stride", 0) or 0), selector=selector)
     exclude_history = bool(trained.get("exclude_history", True))
     allowed = torch.from_numpy(data.train_item_mask()) if trained.get("negatives", "train") == "train" else None
-    windows = datamodule.train
-    indices = (last_window_indices(windows, data.train_sequences()) if config.windows == "last"
-               else np.arange(len(windows)))
-    prefixes = int((np.asarray(windows.ends)[indices] - np.asarray(windows.firsts)[indices] + 1).sum())  # scored targets
+    windows = TuningWindows(datamodule.train, data.train_sequences(), info.max_len, config.windows)
+    indices, prefixes = windows.indices, windows.prefixes
     beta = float(info.beta)
 
     reference = copy.deepcopy(model).eval()
@@ -239,10 +301,10 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
         batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
         for number, batch in enumerate(batches, start=1):
             tick = time.perf_counter()
-            histories, targets = windows([int(i) for i in batch])
+            histories, targets, seen = windows.batch(batch)
             if not bool((targets >= 0).any()):
                 continue
-            out = rere_step_loss(model, reference, histories, targets, beta, allowed, config, generator)
+            out = rere_step_loss(model, reference, histories, targets, beta, allowed, config, generator, seen)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             if config.grad_clip > 0:

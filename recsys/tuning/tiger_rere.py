@@ -5,7 +5,7 @@ log-probability is ``sum_l log p(code_l | history, codes_<l, item exists)``, eac
 renormalised over the children the catalogue's trie allows (:meth:`recsys.models.tiger.Tiger.
 sequence_log_probs`, equal to the beam search's scores). For each training prefix (a user's
 train history, at most ``max_history`` items, and the held-out next train item) the group is
-the trie-constrained beam search with beam ``group_size`` (ReRe section 3.1): G distinct, valid
+the trie-constrained beam search with beam ``group_size`` (ReRe's sampling stage): G distinct, valid
 items, most probable first. With ``exclude_history`` (the default, as the benchmark harness
 evaluates) the items of the prefix's history other than its target are dropped from the beam
 at the last code (no renormalisation, so no other item's score changes); the group then holds

@@ -42,9 +42,11 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
 
     config = load_benchmark_config(REPO / "configs" / name)
     kinds = [m.kind for m in config.methods]
-    assert kinds.count("setrec") == 7
+    assert kinds.count("setrec") == 8
     tuned = {m.name: (m.kind, m.tune, m.start) for m in config.methods if m.tune}  # issue 16: ReRe on both generative models
-    assert tuned == {"setrec-rere": ("setrec", "rere", "setrec"), "tiger-rere": ("tiger", "rere", "tiger")}
+    assert tuned == {"setrec-rere": ("setrec", "rere", "setrec"), "setrec-rere-rule": ("setrec", "rere", "setrec"),
+                     "tiger-rere": ("tiger", "rere", "tiger")}
+    assert config.rere["rank_weight"] == 1.0  # the paper's reward is the method; the rule reward alone is the ablation
     assert config.rere["group_size"] >= 2 and config.rere["windows"] == "last"
     assert {"popularity", "sasrec", "tiger", "text"} <= set(kinds)
     assert len(config.seeds) == 3 and config.reference == "setrec" and config.beam_method == "tiger"
@@ -62,6 +64,7 @@ def test_shipped_configs_load_and_share_the_t5_size(name):
     aligned = {m.name: m.overrides for m in config.methods if m.kind == "sasrec"}
     assert aligned["sasrec-rlmrec-con"] == {"align": "con"} and aligned["sasrec-rlmrec-gen"] == {"align": "gen"}
     assert aligned["sasrec-dare"] == {"embeddings": "decoupled"}  # issue 17
+    assert {m.name: m.compare_to for m in config.methods}["sasrec-dare"] == "sasrec"
     if name == "bench-ml100k.yaml":
         assert aligned["sasrec-dare-200"] == {"max_len": 200, "embeddings": "decoupled"} and aligned["sasrec-200"] == {"max_len": 200}
         assert ablations["setrec-dare"] == {"history.selection": "dare", "history.search_k": 5}

@@ -95,6 +95,41 @@ def test_tuning_steps_raise_the_train_reward_of_a_weak_model_and_move_away_from_
     assert categorical_kl(log_probs, ref).mean() > 1e-3
 
 
+def test_tuning_windows_cover_the_last_targets_and_see_the_whole_history(weak_bundle):
+    from recsys.tuning.setrec_rere import TuningWindows, policy_log_probs
+
+    model, data, windows, _ = _windows(*weak_bundle)
+    sequences = data.train_sequences()
+    tuning = TuningWindows(windows, sequences, model.bundle.max_len, "last")
+    assert TuningWindows(windows, sequences, model.bundle.max_len, "all").indices.tolist() == list(range(len(windows)))
+    histories, targets, seen = tuning.batch(tuning.indices)
+    rows = torch.nonzero(targets >= 0).tolist()
+    # every user's last max_len train targets are scored
+    ends = np.asarray(windows.ends)[tuning.indices]
+    users = {}
+    for t, (b, p) in enumerate(rows):
+        users.setdefault(int(ends[b]), []).append(int(targets[b, p]))
+    lengths = [len(s) for s in sequences if len(s) >= 2]
+    assert len(users) >= len(lengths)
+    long_user = next(s for s in sequences if len(s) > 3 * model.bundle.max_len)
+    scored = sorted({int(x) for x in long_user[-model.bundle.max_len:]})
+    assert set(scored) <= {int(x) for row in targets.tolist() for x in row if x >= 0}
+    # the seen items of a prefix are the user's whole history before its target, not only the window
+    prefix, items = seen
+    allowed = torch.from_numpy(data.train_item_mask())
+    with torch.no_grad():
+        log_probs, gold = policy_log_probs(model, histories[:4], targets[:4], model.bundle.beta, 1.0, allowed,
+                                           tuning.batch(tuning.indices[:4])[2])
+    first_rows = torch.nonzero(targets[:4] >= 0)
+    b, p = first_rows[-1].tolist()
+    flat_target = int(np.asarray(windows.ends)[tuning.indices[b]]) - histories.shape[1] + p + 1
+    user_start = int(tuning.offsets[tuning.indices[b]])
+    history = torch.as_tensor(windows.items[user_start:flat_target])
+    hidden = history[history != gold[len(first_rows) - 1]]
+    assert torch.isinf(log_probs[len(first_rows) - 1, hidden]).all()
+    assert torch.isfinite(log_probs[len(first_rows) - 1, gold[len(first_rows) - 1]])
+
+
 def test_policy_hides_seen_items_and_non_candidates(weak_bundle):
     from recsys.tuning.setrec_rere import policy_log_probs
 
