@@ -273,6 +273,7 @@ def run_quality(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     """Handler of ``recsys benchmark merge``."""
     from recsys.evaluation.benchmark import merge_reports
+    from recsys.evaluation.report import methods_of
 
     config, args = parse_merge_args(args.argv)
     sources = []
@@ -283,5 +284,5 @@ def run_merge(args: argparse.Namespace) -> int:
         sources.append((report, work))
     command = "recsys benchmark merge " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["benchmark", "merge"] else None
     report = merge_reports(config, sources, args.out, command=command)
-    print(f"merged {len(sources)} runs: methods {[k for k in report if k not in ('meta', 'paired', 'efficiency', 'seeds')]}")
+    print(f"merged {len(sources)} runs: methods {methods_of(report)}")
     return 0
