@@ -256,8 +256,9 @@ def run_quality(args: argparse.Namespace) -> int:
         unknown = [name for name in wanted if name not in known]
         if unknown:
             raise ConfigError(f"--methods: {unknown} are not in the config (methods: {sorted(known)})")
-        # the starting points of listed tuned methods stay in the config (their saved models are reused, not rerun)
-        needed = set(wanted) | {known[name].start for name in wanted if known[name].start}
+        # the starting points of listed tuned methods and the methods they are compared to stay in the config (saved
+        # models are reused, not rerun; merge the runs for the paired intervals)
+        needed = set(wanted) | {other for name in wanted for other in (known[name].start, known[name].compare_to) if other}
         config.methods = [m for m in config.methods if m.name in needed]
         run_only = [m.name for m in config.methods if m.name in wanted]
     if options.work_dir:
@@ -265,7 +266,7 @@ def run_quality(args: argparse.Namespace) -> int:
     command = "recsys benchmark quality " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["benchmark", "quality"] else None
     report = run_benchmark(config, out_dir=options.out, log_to_mlflow=not options.no_mlflow, command=command, run_only=run_only)
     eff = report.get("efficiency") or {}
-    print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.dataset} in {report['meta']['seconds']} s"
+    print(f"{len(run_only or config.methods)} methods x {len(config.seeds)} seeds on {config.dataset} in {report['meta']['seconds']} s"
           + (f"; beam search / set identifiers inference time: {eff['beam_over_reference']:.1f}x" if eff else ""))
     return 0
 
