@@ -16,8 +16,11 @@ from recsys.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: Shipped YAML -> the command that reads it.
-SHIPPED = {path: ("train",) if path.name.startswith("setrec-") else ("benchmark", "quality")
-           for path in sorted(CONFIGS.glob("*.yaml"))}
+SHIPPED = {path: ("train",) if path.name.startswith("setrec-") else ("tune", "rere") if path.name == "rere.yaml"
+           else ("benchmark", "quality") for path in sorted(CONFIGS.glob("*.yaml"))}
+#: The section and an int field of each command's config, for the wrong-type and unknown-key checks.
+PROBES = {("train",): ("trainer", "max_epochs"), ("tune", "rere"): ("rere", "group_size"),
+          ("benchmark", "quality"): ("evaluation", "batch_size")}
 
 
 def _parse(command: tuple[str, ...], argv: list[str]):
@@ -25,13 +28,17 @@ def _parse(command: tuple[str, ...], argv: list[str]):
         from recsys.training.commands import parse_train_args
 
         return parse_train_args(argv)[0]
+    if command == ("tune", "rere"):
+        from recsys.tuning.commands import parse_tune_args
+
+        return parse_tune_args(["--bundle", "b", "--data", "d", *argv])
     from recsys.evaluation.commands import parse_quality_args
 
     return parse_quality_args(argv)[0]
 
 
 def test_every_shipped_yaml_is_read_by_a_command():
-    assert SHIPPED and all(path.name.startswith(("setrec-", "bench-")) for path in SHIPPED)
+    assert SHIPPED and all(path.name.startswith(("setrec-", "bench-")) or path.name == "rere.yaml" for path in SHIPPED)
 
 
 @pytest.mark.parametrize("path", list(SHIPPED), ids=lambda p: p.name)
@@ -39,8 +46,7 @@ def test_shipped_yaml_loads_and_refuses_an_unknown_key_and_a_wrong_type_naming_f
     command = SHIPPED[path]
     assert _parse(command, ["--config", str(path)]) is not None
     values = yaml.safe_load(path.read_text())
-    section = "trainer" if command == ("train",) else "evaluation"
-    field = "max_epochs" if command == ("train",) else "batch_size"
+    section, field = PROBES[command]
 
     unknown = tmp_path / f"unknown-{path.name}"
     unknown.write_text(yaml.safe_dump({**values, section: {**values.get(section, {}), "no_such_key": 1}}))
@@ -59,8 +65,9 @@ def test_shipped_yaml_loads_and_refuses_an_unknown_key_and_a_wrong_type_naming_f
 
 @pytest.mark.parametrize("path", list(SHIPPED), ids=lambda p: p.name)
 def test_command_flags_refuse_an_unknown_key_and_a_wrong_type(path, capsys):
-    command = list(SHIPPED[path])
-    key = "trainer.max_epochs" if command == ["train"] else "evaluation.batch_size"
+    section, field = PROBES[SHIPPED[path]]
+    key = f"{section}.{field}"
+    command = list(SHIPPED[path]) + (["--bundle", "b", "--data", "d"] if SHIPPED[path] == ("tune", "rere") else [])
     assert main([*command, "--config", str(path), f"--{key}=three"]) == 2
     assert f"command line (--{key}): {key}: Expected a <class 'int'>" in capsys.readouterr().err
     assert main([*command, "--config", str(path), "--set", f"{key}x=3"]) == 2
