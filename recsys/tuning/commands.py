@@ -68,7 +68,8 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"valid NDCG@10: {result.start_valid_metrics['ndcg@10']:.4f} (supervised) -> "
           f"{result.valid_metrics['ndcg@10']:.4f} (kept step {result.best_step} of {result.steps})")
     print(f"test NDCG@10 (for the record): {result.test_metrics['ndcg@10']:.4f}")
-    print(f"tuning seconds: {result.tuning_seconds:.1f} of {result.seconds:.1f} ({result.prefixes} prefixes per epoch)")
+    print(f"seconds: {result.tuning_seconds:.1f} in optimiser steps, {result.seconds:.1f} in all (validation, test, "
+          f"bundle); {result.prefixes} prefixes per epoch")
     if result.run_id:
         print(f"mlflow run: {result.run_id}")
     return 0

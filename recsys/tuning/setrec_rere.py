@@ -316,7 +316,7 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
             for key in running:
                 running[key].append(float(out[key]))
             end_of_epoch = number == len(batches)
-            if (config.eval_every and step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+            if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:  # an epoch's last steps are validated too
                 valid = _valid_metrics(model, valid_loader, beta, exclude_history)
                 row = {"step": step, "epoch": epoch, "valid/ndcg@10": valid["ndcg@10"],
                        **{f"train/{k}": float(np.mean(v)) for k, v in running.items() if v}}

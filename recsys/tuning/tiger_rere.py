@@ -262,7 +262,7 @@ def tune_tiger_model(model: Tiger, data: PreparedDataset, config: ReReConfig, ex
             for key in running:
                 running[key].append(float(out[key]))
             end_of_epoch = number == len(batches)
-            if (config.eval_every and step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+            if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:  # an epoch's last steps are validated too
                 metrics = validate()
                 row = {"step": step, "epoch": epoch, "valid/ndcg@10": metrics["ndcg@10"],
                        **{f"train/{k}": float(np.mean(v)) for k, v in running.items() if v}}
