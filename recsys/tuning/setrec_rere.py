@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from recsys.errors import ArtifactError, ConfigError
+from recsys.tuning.loop import run_rere_loop
 from recsys.tuning.rere import ReReConfig, categorical_kl, rere_loss, rere_rewards, group_advantages, sampled_group, top_group
 
 BUNDLE = "bundle"
@@ -280,63 +280,16 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
     indices, prefixes = windows.indices, windows.prefixes
     beta = float(info.beta)
 
-    reference = copy.deepcopy(model).eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    model.eval()  # dropout off: the group is drawn from the distribution the gradient is taken of
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
     valid_loader = datamodule.val_dataloader()
 
-    start_valid = _valid_metrics(model, valid_loader, beta, exclude_history)
-    best = (start_valid["ndcg@10"], 0, copy.deepcopy(model.state_dict()))
-    history = [{"step": 0, "valid/ndcg@10": start_valid["ndcg@10"]}]
-    if progress:
-        print(f"rere step 0: valid NDCG@10 {start_valid['ndcg@10']:.4f} (supervised)")
-    step, stale, tuning_seconds, stop, epochs_done = 0, 0, 0.0, False, 0.0
-    running: dict[str, list[float]] = {"reward": [], "surrogate": [], "kl": [], "hit": []}
-    for epoch in range(config.max_epochs):
-        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
-        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        for number, batch in enumerate(batches, start=1):
-            tick = time.perf_counter()
-            histories, targets, seen = windows.batch(batch)
-            if not bool((targets >= 0).any()):
-                continue
-            out = rere_step_loss(model, reference, histories, targets, beta, allowed, config, generator, seen)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-            step += 1
-            epochs_done = epoch + number / len(batches)
-            tuning_seconds += time.perf_counter() - tick
-            for key in running:
-                running[key].append(float(out[key]))
-            end_of_epoch = number == len(batches)
-            if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:  # an epoch's last steps are validated too
-                valid = _valid_metrics(model, valid_loader, beta, exclude_history)
-                row = {"step": step, "epoch": epoch, "valid/ndcg@10": valid["ndcg@10"],
-                       **{f"train/{k}": float(np.mean(v)) for k, v in running.items() if v}}
-                history.append(row)
-                running = {key: [] for key in running}
-                if progress:
-                    print(f"rere step {step} (epoch {epoch}): valid NDCG@10 {valid['ndcg@10']:.4f}, "
-                          f"reward {row.get('train/reward', float('nan')):.4f}, hit {row.get('train/hit', float('nan')):.3f}, kl {row.get('train/kl', float('nan')):.4g}")
-                if valid["ndcg@10"] > best[0]:
-                    best, stale = (valid["ndcg@10"], step, copy.deepcopy(model.state_dict())), 0
-                else:
-                    stale += 1
-                    if stale >= config.patience:
-                        stop = True
-                        break
-        if stop:
-            break
+    def step_loss(reference, batch, generator):
+        histories, targets, seen = windows.batch(batch)
+        if not bool((targets >= 0).any()):
+            return None
+        return rere_step_loss(model, reference, histories, targets, beta, allowed, config, generator, seen)
 
-    model.load_state_dict(best[2])
-    model.eval()
+    outcome = run_rere_loop(model, config, indices, step_loss,
+                            lambda: _valid_metrics(model, valid_loader, beta, exclude_history), progress)
     valid_metrics = _valid_metrics(model, valid_loader, beta, exclude_history)
     test_metrics = _valid_metrics(model, datamodule.test_dataloader(), beta, exclude_history)
     metrics = {f"valid/{k}": v for k, v in valid_metrics.items()} | {f"test/{k}": v for k, v in test_metrics.items()}
@@ -345,9 +298,10 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
     saved = save_bundle(model, out_dir / BUNDLE, beta=beta, max_len=info.max_len, items=info.items_path,
                         dataset_fingerprint=data.fingerprint, config=tuned_config, metrics=metrics,
                         text_encoder=info.text_encoder, **_bundle_extras(model))
-    run_id = _log_run(tracking, tuned_config, metrics, history, saved, _parent_run(bundle_dir))
-    result = TuneResult(saved, run_id, valid_metrics, test_metrics, start_valid, best[1], step,
-                        time.perf_counter() - start, tuning_seconds, prefixes, history, epochs_done)
+    run_id = _log_run(tracking, tuned_config, metrics, outcome.history, saved, _parent_run(bundle_dir))
+    result = TuneResult(saved, run_id, valid_metrics, test_metrics, outcome.start_valid, outcome.best_step,
+                        outcome.steps, time.perf_counter() - start, outcome.tuning_seconds, prefixes, outcome.history,
+                        outcome.epochs)
     (out_dir / RESULT).write_text(json.dumps(result.to_json(), indent=2))
     return result
 

@@ -33,9 +33,7 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,6 +47,7 @@ from recsys.models.tiger import Tiger
 from recsys.pipelines.prepared import PreparedDataset
 from recsys.training.sasrec import PrefixBatches
 from recsys.training.tiger import evaluate_tiger, load_tiger, save_tiger
+from recsys.tuning.loop import run_rere_loop
 from recsys.tuning.rere import ReReConfig, group_advantages, kl_estimate, rere_loss, rere_rewards
 from recsys.tuning.setrec_rere import RESULT, TuneResult, _parent_run
 
@@ -227,68 +226,16 @@ def tune_tiger_model(model: Tiger, data: PreparedDataset, config: ReReConfig, ex
     def validate() -> dict[str, float]:
         return evaluate_tiger(model, valid, eval_batch, exclude_history=exclude_history)
 
-    reference = copy.deepcopy(model).eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    model.eval()  # dropout off: the group is drawn from the distribution the gradient is taken of
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
+    def step_loss(reference, batch, generator):
+        histories, targets, exclude = prefixes(batch)
+        return rere_step_loss(model, reference, histories, targets, exclude, config)
 
-    start_valid = validate()
-    best = (start_valid["ndcg@10"], 0, copy.deepcopy(model.state_dict()))
-    history: list[dict[str, float]] = [{"step": 0, "valid/ndcg@10": start_valid["ndcg@10"]}]
-    if progress:
-        print(f"rere step 0: valid NDCG@10 {start_valid['ndcg@10']:.4f} (supervised)")
-    step, stale, tuning_seconds, stop, epochs_done = 0, 0, 0.0, False, 0.0
-    running: dict[str, list[float]] = {"reward": [], "surrogate": [], "kl": [], "hit": []}
-    for epoch in range(config.max_epochs):
-        order = torch.randperm(len(prefixes), generator=generator).numpy()
-        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        for number, batch in enumerate(batches, start=1):
-            tick = time.perf_counter()
-            histories, targets, exclude = prefixes(batch)
-            out = rere_step_loss(model, reference, histories, targets, exclude, config)
-            if out["loss"] is None:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-            step += 1
-            epochs_done = epoch + number / len(batches)
-            tuning_seconds += time.perf_counter() - tick
-            for key in running:
-                running[key].append(float(out[key]))
-            end_of_epoch = number == len(batches)
-            if (config.eval_every and step % config.eval_every == 0) or end_of_epoch:  # an epoch's last steps are validated too
-                metrics = validate()
-                row = {"step": step, "epoch": epoch, "valid/ndcg@10": metrics["ndcg@10"],
-                       **{f"train/{k}": float(np.mean(v)) for k, v in running.items() if v}}
-                history.append(row)
-                running = {key: [] for key in running}
-                if progress:
-                    print(f"rere step {step} (epoch {epoch}): valid NDCG@10 {metrics['ndcg@10']:.4f}, "
-                          f"reward {row.get('train/reward', math.nan):.4f}, hit {row.get('train/hit', math.nan):.3f}, "
-                          f"kl {row.get('train/kl', math.nan):.4g}")
-                if metrics["ndcg@10"] > best[0]:
-                    best, stale = (metrics["ndcg@10"], step, copy.deepcopy(model.state_dict())), 0
-                else:
-                    stale += 1
-                    if stale >= config.patience:
-                        stop = True
-                        break
-        if stop:
-            break
-
-    model.load_state_dict(best[2])
-    model.eval()
+    outcome = run_rere_loop(model, config, np.arange(len(prefixes)), step_loss, validate, progress)
     valid_metrics = validate()
     test_metrics = (evaluate_tiger(model, data.eval_examples("test"), eval_batch, exclude_history=exclude_history)
                     if record_test else {})
-    return TigerTuning(model, valid_metrics, test_metrics, start_valid, best[1], step, time.perf_counter() - start,
-                       tuning_seconds, len(prefixes), history, epochs_done)
+    return TigerTuning(model, valid_metrics, test_metrics, outcome.start_valid, outcome.best_step, outcome.steps,
+                       time.perf_counter() - start, outcome.tuning_seconds, len(prefixes), outcome.history, outcome.epochs)
 
 
 def tune_tiger(model_dir: str | Path, data_dir: str | Path, config: ReReConfig, out_dir: str | Path,
