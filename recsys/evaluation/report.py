@@ -50,6 +50,14 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{_fmt(entry['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _diff_cell(diffs: dict[str, Any], key: str) -> str:
+    """``+0.0012 [lo, hi]`` of a paired comparison's ``key``, or ``n/a`` when it has none."""
+    item = diffs.get(key, {})
+    if item.get("diff") is None:
+        return "n/a"
+    return f"{item['diff']:+.4f} [{_fmt(item['ci'][0])}, {_fmt(item['ci'][1])}]"
+
+
 def benchmark_markdown(report: dict[str, Any], command: str | None = None) -> str:
     """The benchmark table as markdown.
 
@@ -90,13 +98,7 @@ def benchmark_markdown(report: dict[str, Any], command: str | None = None) -> st
         lines += ["| vs | NDCG@10 diff (all items) | Recall@10 diff (all items) | cold Recall@20 diff (all items) | "
                   "cold Recall@20 diff (cold items only) | p (NDCG@10) |", "|---|---|---|---|---|---|"]
         for name, diffs in paired["vs"].items():
-            def d(key: str) -> str:
-                item = diffs.get(key, {})
-                if item.get("diff") is None:
-                    return "n/a"
-                return f"{item['diff']:+.4f} [{_fmt(item['ci'][0])}, {_fmt(item['ci'][1])}]"
-
-            lines.append(f"| {name} | {d('ndcg@10')} | {d('recall@10')} | {d('cold/recall@20')} | {d('cold_only/recall@20')} | "
+            lines.append(f"| {name} | {_diff_cell(diffs, 'ndcg@10')} | {_diff_cell(diffs, 'recall@10')} | {_diff_cell(diffs, 'cold/recall@20')} | {_diff_cell(diffs, 'cold_only/recall@20')} | "
                          f"{_fmt(diffs.get('ndcg@10', {}).get('p_reference_not_better'), 3)} |")
     tuned = report.get("tuned", {})
     if tuned:
@@ -107,13 +109,7 @@ def benchmark_markdown(report: dict[str, Any], command: str | None = None) -> st
         for name, entry in tuned.items():
             diffs, info = entry.get("vs", {}), report.get(name, {}).get("info", {})
 
-            def t(key: str) -> str:
-                item = diffs.get(key, {})
-                if item.get("diff") is None:
-                    return "n/a"
-                return f"{item['diff']:+.4f} [{_fmt(item['ci'][0])}, {_fmt(item['ci'][1])}]"
-
-            lines.append(f"| {name} | {entry.get('start')} | {t('ndcg@10')} | {t('recall@20')} | "
+            lines.append(f"| {name} | {entry.get('start')} | {_diff_cell(diffs, 'ndcg@10')} | {_diff_cell(diffs, 'recall@20')} | "
                          f"{_fmt(diffs.get('ndcg@10', {}).get('p_tuned_not_better'), 3)} | "
                          f"{_fmt(info.get('tune_seconds_per_1000_users_per_epoch'), 1)} | "
                          f"{_fmt(info.get('supervised_seconds_per_1000_users_per_epoch'), 1)} |")
@@ -125,13 +121,7 @@ def benchmark_markdown(report: dict[str, Any], command: str | None = None) -> st
         for name, entry in compared.items():
             diffs = entry.get("vs", {})
 
-            def c(key: str) -> str:
-                item = diffs.get(key, {})
-                if item.get("diff") is None:
-                    return "n/a"
-                return f"{item['diff']:+.4f} [{_fmt(item['ci'][0])}, {_fmt(item['ci'][1])}]"
-
-            lines.append(f"| {name} | {entry.get('against')} | {c('ndcg@10')} | {c('recall@20')} | "
+            lines.append(f"| {name} | {entry.get('against')} | {_diff_cell(diffs, 'ndcg@10')} | {_diff_cell(diffs, 'recall@20')} | "
                          f"{_fmt(diffs.get('ndcg@10', {}).get('p_method_not_better'), 3)} |")
     eff = report.get("efficiency", {})
     if eff:
