@@ -35,6 +35,7 @@ class LoopOutcome:
 
     Attributes:
         start_valid: valid metrics of the model as given.
+        best_valid: valid metrics of the kept state (measured when it was validated; no second pass).
         best_step: optimiser step of the kept state (0 = the model as given).
         steps: optimiser steps taken.
         tuning_seconds: wall time of the steps alone (batches, losses, backward, updates; no validation).
@@ -43,6 +44,7 @@ class LoopOutcome:
     """
 
     start_valid: dict[str, float]
+    best_valid: dict[str, float]
     best_step: int
     steps: int
     tuning_seconds: float
@@ -73,7 +75,7 @@ def run_rere_loop(model: torch.nn.Module, config: ReReConfig, samples: np.ndarra
     generator = torch.Generator().manual_seed(config.seed)
 
     start_valid = validate()
-    best = (start_valid["ndcg@10"], 0, copy.deepcopy(model.state_dict()))
+    best = (start_valid, 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = [{"step": 0, "valid/ndcg@10": start_valid["ndcg@10"]}]
     if progress:
         print(f"rere step 0: valid NDCG@10 {start_valid['ndcg@10']:.4f} (supervised)")
@@ -108,8 +110,8 @@ def run_rere_loop(model: torch.nn.Module, config: ReReConfig, samples: np.ndarra
                     print(f"rere step {step} (epoch {epoch}): valid NDCG@10 {metrics['ndcg@10']:.4f}, "
                           f"reward {row.get('train/reward', math.nan):.4f}, hit {row.get('train/hit', math.nan):.3f}, "
                           f"kl {row.get('train/kl', math.nan):.4g}")
-                if metrics["ndcg@10"] > best[0]:
-                    best, stale = (metrics["ndcg@10"], step, copy.deepcopy(model.state_dict())), 0
+                if metrics["ndcg@10"] > best[0]["ndcg@10"]:
+                    best, stale = (metrics, step, copy.deepcopy(model.state_dict())), 0
                 else:
                     stale += 1
                     if stale >= config.patience:
@@ -120,4 +122,4 @@ def run_rere_loop(model: torch.nn.Module, config: ReReConfig, samples: np.ndarra
 
     model.load_state_dict(best[2])
     model.eval()
-    return LoopOutcome(start_valid, best[1], step, tuning_seconds, epochs_done, history)
+    return LoopOutcome(start_valid, best[0], best[1], step, tuning_seconds, epochs_done, history)

@@ -290,7 +290,7 @@ def tune_setrec(bundle_dir: str | Path, data_dir: str | Path, config: ReReConfig
 
     outcome = run_rere_loop(model, config, indices, step_loss,
                             lambda: _valid_metrics(model, valid_loader, beta, exclude_history), progress)
-    valid_metrics = _valid_metrics(model, valid_loader, beta, exclude_history)
+    valid_metrics = outcome.best_valid
     test_metrics = _valid_metrics(model, datamodule.test_dataloader(), beta, exclude_history)
     metrics = {f"valid/{k}": v for k, v in valid_metrics.items()} | {f"test/{k}": v for k, v in test_metrics.items()}
     tuned_config = {**trained, "rere": asdict(config), "tuned_from": str(bundle_dir)}

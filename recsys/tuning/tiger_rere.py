@@ -231,7 +231,7 @@ def tune_tiger_model(model: Tiger, data: PreparedDataset, config: ReReConfig, ex
         return rere_step_loss(model, reference, histories, targets, exclude, config)
 
     outcome = run_rere_loop(model, config, np.arange(len(prefixes)), step_loss, validate, progress)
-    valid_metrics = validate()
+    valid_metrics = outcome.best_valid
     test_metrics = (evaluate_tiger(model, data.eval_examples("test"), eval_batch, exclude_history=exclude_history)
                     if record_test else {})
     return TigerTuning(model, valid_metrics, test_metrics, outcome.start_valid, outcome.best_step, outcome.steps,
